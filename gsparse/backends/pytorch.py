@@ -1,0 +1,54 @@
+"""Single-process backend: plain PyTorch parameters and a ``torch.optim`` optimizer."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from gsparse.backends.base import Backend
+from gsparse.selection import LocalCommunicator, LocalSlice
+
+
+class TorchBackend(Backend):
+    """Every process holds whole parameters (also used for DDP-style replicated training)."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], optimizer: torch.optim.Optimizer):
+        self.params = list(params)
+        self.optimizer = optimizer
+        self.communicator = LocalCommunicator()
+        optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [i for i, p in enumerate(self.params) if id(p) not in optimized]
+        if missing:
+            raise ValueError(f"sparse parameters {missing} are not in the optimizer's param_groups")
+
+    def local_slice(self, layer: int) -> LocalSlice:
+        return LocalSlice(0, self.params[layer].numel())
+
+    def weight(self, layer: int) -> torch.Tensor:
+        return self.params[layer].detach().reshape(-1).to(torch.float32)
+
+    def grad(self, layer: int) -> torch.Tensor | None:
+        grad = self.params[layer].grad
+        return None if grad is None else grad.detach().reshape(-1).to(torch.float32)
+
+    def mask_gradients(self, masks: Sequence[torch.Tensor]) -> None:
+        for param, mask in zip(self.params, masks):
+            if param.grad is not None:
+                param.grad.mul_(mask.view(param.shape))
+
+    @torch.no_grad()
+    def mask_weights(self, masks: Sequence[torch.Tensor]) -> None:
+        for param, mask in zip(self.params, masks):
+            param.mul_(mask.view(param.shape))
+
+    def reset_optimizer_state(self, layer: int, positions: torch.Tensor) -> None:
+        param = self.params[layer]
+        for value in self.optimizer.state.get(param, {}).values():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                value.masked_fill_(positions.view(param.shape), 0)
+
+    def install_step_hooks(self, before_step: Callable[[], None], after_step: Callable[[], None]) -> list:
+        return [
+            self.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: before_step()),
+            self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: after_step()),
+        ]

@@ -1,0 +1,114 @@
+"""Per-layer density distributions for a global sparsity target.
+
+* ``uniform``: every layer gets the same density ``1 - sparsity``.
+* ``er`` (Erdos-Renyi): density proportional to ``(n_in + n_out) / (n_in * n_out)``
+  (kernel dimensions of a conv weight are ignored).
+* ``erk`` (Erdos-Renyi-Kernel): density proportional to
+  ``(sum(shape) / prod(shape)) ** erk_power_scale`` (kernel dimensions included).
+
+ER/ERK follow RigL's reference ``get_sparsities_erdos_renyi``
+(google-research/rigl, ``rigl/sparse_utils.py``; Evci et al., 2020): a common scale
+``eps`` is solved so that the total number of active weights matches the target;
+any layer whose density ``eps * raw`` would exceed 1 is made dense and ``eps`` is
+re-solved. Layers with a user-fixed (custom) sparsity are left out of that solve.
+
+Weight shapes use PyTorch layouts: Linear ``[out, in]``, Conv ``[out, in, kh, kw]``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Mapping, Sequence
+
+logger = logging.getLogger(__name__)
+
+DISTRIBUTIONS = ("uniform", "er", "erk")
+
+
+def _raw_score(shape: Sequence[int], distribution: str, erk_power_scale: float) -> float:
+    """Un-normalised ER/ERK density of one layer (RigL's ``raw_probabilities``)."""
+    if distribution == "er" and len(shape) >= 2:
+        n_out, n_in = shape[0], shape[1]
+        return (n_in + n_out) / (n_in * n_out)
+    # ERK, and ER on 1-D shapes.
+    score = sum(shape) / math.prod(shape)
+    return score ** erk_power_scale if distribution == "erk" else score
+
+
+def layer_densities(shapes: Mapping[str, Sequence[int]], sparsity: float, distribution: str = "uniform",
+                    custom: Mapping[str, float] | None = None,
+                    erk_power_scale: float = 1.0) -> dict[str, float]:
+    """Return ``{name: density}`` (density = 1 - layer sparsity) in the key order of ``shapes``.
+
+    ``sparsity`` in [0, 1) is the target for all non-custom layers; ``custom`` maps layer
+    names to fixed sparsities in [0, 1] (those layers are excluded from the ER/ERK solve).
+    """
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {distribution!r}; allowed values: {', '.join(DISTRIBUTIONS)}")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    custom = dict(custom or {})
+    for name, value in custom.items():
+        if name not in shapes:
+            raise ValueError(f"custom sparsity given for unknown layer {name!r}")
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"custom sparsity of {name!r} must be in [0, 1], got {value}")
+    for name, shape in shapes.items():
+        if len(shape) == 0 or any(dim <= 0 for dim in shape):
+            raise ValueError(f"layer {name!r} has invalid shape {tuple(shape)}; all dims must be positive")
+
+    solved = [name for name in shapes if name not in custom]
+    if distribution == "uniform":
+        eps, raw, dense = 1.0 - sparsity, {name: 1.0 for name in solved}, set()
+    else:
+        raw = {name: _raw_score(shapes[name], distribution, erk_power_scale) for name in solved}
+        eps, dense = _solve_erdos_renyi(shapes, sparsity, raw)
+    densities = {}
+    for name in shapes:
+        if name in custom:
+            densities[name] = 1.0 - custom[name]
+        elif name in dense:
+            densities[name] = 1.0
+        else:
+            densities[name] = eps * raw[name]
+    return densities
+
+
+def _solve_erdos_renyi(shapes: Mapping[str, Sequence[int]], sparsity: float,
+                       raw: Mapping[str, float]) -> tuple[float, set[str]]:
+    """RigL's loop: return the scale ``eps`` and the set of layers forced dense."""
+    dense: set[str] = set()
+    eps = 1.0
+    while True:
+        remaining = [name for name in raw if name not in dense]
+        if not remaining:  # everything dense (only reachable at sparsity ~0 via rounding)
+            break
+        rhs = divisor = 0.0
+        for name in raw:
+            numel = math.prod(shapes[name])
+            n_zeros = math.floor(sparsity * numel)
+            if name in dense:
+                rhs -= n_zeros
+            else:
+                rhs += numel - n_zeros
+                divisor += raw[name] * numel
+        eps = rhs / divisor
+        max_raw = max(raw[name] for name in remaining)
+        if max_raw * eps <= 1.0:
+            break
+        newly_dense = [name for name in remaining if raw[name] == max_raw]
+        logger.info("ER/ERK: layers forced dense: %s", ", ".join(newly_dense))
+        dense.update(newly_dense)
+    return eps, dense
+
+
+def active_counts(shapes: Mapping[str, Sequence[int]], densities: Mapping[str, float]) -> dict[str, int]:
+    """Exact number of active weights per layer: ``floor(density * numel + 0.5)``, clamped to [0, numel].
+
+    Round-half-up is the rounding rule used everywhere in gsparse to turn a density into a count.
+    """
+    counts = {}
+    for name, shape in shapes.items():
+        numel = math.prod(shape)
+        counts[name] = min(max(math.floor(densities[name] * numel + 0.5), 0), numel)
+    return counts

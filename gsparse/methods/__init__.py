@@ -1,0 +1,10 @@
+"""Sparse-training methods by recipe name."""
+from gsparse.methods.base import DropGrowMethod, LayerView
+from gsparse.methods.dst_ee import DSTEE
+from gsparse.methods.rigl import RigL
+from gsparse.methods.set import SET
+from gsparse.methods.static import Static
+
+METHODS: dict[str, type[DropGrowMethod]] = {cls.name: cls for cls in (DSTEE, RigL, SET, Static)}
+
+__all__ = ["METHODS", "DropGrowMethod", "LayerView", "DSTEE", "RigL", "SET", "Static"]

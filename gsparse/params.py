@@ -1,0 +1,81 @@
+"""Which parameters of a model are sparse, and at which per-layer sparsity."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+import torch
+
+from gsparse.distributions import active_counts, layer_densities
+from gsparse.options import RecipeError
+
+
+@dataclass(frozen=True)
+class SparseParamSpec:
+    """One sparse parameter: its name, full shape and exact number of active weights."""
+
+    name: str
+    shape: torch.Size
+    density: float
+    active_count: int
+
+    @property
+    def numel(self) -> int:
+        return self.shape.numel()
+
+
+def select_sparse_params(named_params: list[tuple[str, torch.nn.Parameter]],
+                         module_types: dict[str, str], recipe) -> list[str]:
+    """Names of the sparse parameters, in model order.
+
+    Candidates are the ``weight`` of modules whose class name is in ``params.module_types``, or,
+    when ``params.include`` is given, the parameters whose name matches one of its globs. Names
+    matching ``params.exclude`` are removed, then the first/last candidate if asked to stay dense.
+    ``module_types`` maps parameter name to the class name of its owning module.
+    """
+    selection = recipe.params
+    names = [name for name, _ in named_params]
+    _check_patterns_match(names, selection.include, "params.include")
+    _check_patterns_match(names, selection.exclude, "params.exclude")
+    if selection.include:
+        candidates = [n for n in names if any(fnmatchcase(n, p) for p in selection.include)]
+    else:
+        candidates = [n for n in names if n.rsplit(".", 1)[-1] == "weight"
+                      and module_types.get(n) in selection.module_types]
+    candidates = [n for n in candidates if not any(fnmatchcase(n, p) for p in selection.exclude)]
+    if selection.dense_first_layer and candidates:
+        candidates = candidates[1:]
+    if selection.dense_last_layer and candidates:
+        candidates = candidates[:-1]
+    if not candidates:
+        raise RecipeError("params", "selects no parameter of this model; parameters are: " + ", ".join(names))
+    return candidates
+
+
+def sparse_param_specs(model: torch.nn.Module, recipe) -> list[SparseParamSpec]:
+    """Resolve the recipe against ``model``: sparse parameters and their exact active counts."""
+    named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    owner_type = {}
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            owner_type[f"{module_name}.{param_name}" if module_name else param_name] = type(module).__name__
+    names = select_sparse_params(named_params, owner_type, recipe)
+    shapes = OrderedDict((n, tuple(p.shape)) for n, p in named_params if n in set(names))
+    custom = {}
+    for pattern, sparsity in recipe.layer_sparsity.items():
+        matched = [n for n in shapes if fnmatchcase(n, pattern)]
+        if not matched:
+            raise RecipeError(f"layer_sparsity.{pattern}", "matches no sparse parameter; sparse parameters are: "
+                              + ", ".join(shapes))
+        custom.update({n: sparsity for n in matched})
+    densities = layer_densities(shapes, recipe.sparsity, recipe.distribution, custom=custom,
+                                erk_power_scale=recipe.erk_power_scale)
+    counts = active_counts(shapes, densities)
+    return [SparseParamSpec(n, torch.Size(shapes[n]), densities[n], counts[n]) for n in shapes]
+
+
+def _check_patterns_match(names: list[str], patterns: tuple[str, ...], key: str) -> None:
+    for pattern in patterns:
+        if not any(fnmatchcase(n, pattern) for n in names):
+            raise RecipeError(key, f"pattern '{pattern}' matches no parameter; parameters are: " + ", ".join(names))
