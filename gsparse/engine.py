@@ -49,8 +49,8 @@ class LayerState:
 class SparseEngine:
     """Keeps masks exact between updates and changes them on the schedule.
 
-    The backend calls :meth:`before_optimizer_step` and :meth:`after_optimizer_step` around every
-    optimizer step that really happens; steps are counted from 1 there.
+    The backend drives it through :meth:`start_step`, :meth:`before_layers_step`,
+    :meth:`after_layers_step` and :meth:`finish_step` around every real optimizer step.
     """
 
     def __init__(self, specs: Sequence[SparseParamSpec], method: DropGrowMethod, schedule: UpdateSchedule,
@@ -62,6 +62,8 @@ class SparseEngine:
         self.step = 0
         self.num_updates = 0
         self.last_update: dict[str, Any] | None = None
+        self._updating = False
+        self._grown: dict[int, int] = {}
         self.layers = [self._initial_layer(index, spec) for index, spec in enumerate(specs)]
         self._select_initial_masks()
 
@@ -84,62 +86,87 @@ class SparseEngine:
         for layer, mask in zip(self.layers, chosen):
             layer.mask = mask
             layer.counter = mask.to(torch.uint8)
-        self.backend.mask_weights(self.masks)
+        self.backend.mask_weights(list(enumerate(self.masks)))
 
     @property
     def masks(self) -> list[torch.Tensor]:
         return [layer.mask for layer in self.layers]
 
     # ---- step hooks ------------------------------------------------------------------------
+    # A backend calls these around every optimizer step that really happens. Optimizers that
+    # step their parameter groups one at a time (ZeRO) report each group's layers separately;
+    # layers are independent, so updating them group by group gives the same masks.
 
-    def before_optimizer_step(self) -> None:
+    def start_step(self) -> None:
+        """A new optimizer step begins (steps are counted from 1)."""
         self.step += 1
-        if self.method.updates_mask and self.schedule.is_update_step(self.step):
-            self.update_masks()
-        self.backend.mask_gradients(self.masks)
+        self._updating = self.method.updates_mask and self.schedule.is_update_step(self.step)
+        self._grown: dict[int, int] = {}
 
-    def after_optimizer_step(self) -> None:
-        self.backend.mask_weights(self.masks)
+    def before_layers_step(self, layers: Sequence[int]) -> None:
+        """Update the masks of ``layers`` if this is an update step, then mask their gradients."""
+        if self._updating:
+            self._update_layers(layers)
+        self.backend.mask_gradients([(index, self.layers[index].mask) for index in layers])
+
+    def after_layers_step(self, layers: Sequence[int]) -> None:
+        """Zero inactive weights of ``layers`` again (weight decay, Adam's epsilon)."""
+        self.backend.mask_weights([(index, self.layers[index].mask) for index in layers])
+
+    def finish_step(self) -> None:
+        """All layers have stepped; record the update's metrics (a collective on update steps)."""
+        if self._updating:
+            self._record_update()
+        self._updating = False
 
     # ---- drop and grow ---------------------------------------------------------------------
 
     def update_masks(self) -> dict[str, Any]:
-        """Drop and grow ``k`` weights per layer now (uses the gradients of the current step)."""
-        drop_fraction = self.schedule.drop_fraction_at(self.step)
-        views = [self._view(index) for index in range(len(self.layers))]
+        """Drop and grow every layer now, outside the schedule (gradients must be populated)."""
+        self._grown = {}
+        self._update_layers(range(len(self.layers)))
+        self.backend.mask_gradients([(index, layer.mask) for index, layer in enumerate(self.layers)])
+        return self._record_update()
+
+    def _update_layers(self, layers: Sequence[int]) -> None:
+        layers = list(layers)
+        if not layers:
+            return
+        states = [self.layers[index] for index in layers]
+        views = [self._view(index) for index in layers]
         if self.method.needs_grad and any(view.grad is None for view in views):
             raise RuntimeError(f"method '{self.method.name}' needs gradients at step {self.step}, but a sparse "
                                "parameter has none: call backward() before optimizer.step()")
-        k = [min(round_half_up(drop_fraction * l.spec.active_count), l.spec.numel - l.spec.active_count)
-             for l in self.layers]
+        drop_fraction = self.schedule.drop_fraction_at(self.step)
+        k = [min(round_half_up(drop_fraction * s.spec.active_count), s.spec.numel - s.spec.active_count)
+             for s in states]
         communicator = self.backend.communicator
-        dropped = select_top_k([-self.method.drop_score(v) for v in views], self.masks, k, communicator)
+        masks = [s.mask for s in states]
+        dropped = select_top_k([-self.method.drop_score(v) for v in views], masks, k, communicator)
         if self.method.regrow_dropped:
-            grow_eligible = [~(layer.mask & ~drop) for layer, drop in zip(self.layers, dropped)]
+            grow_eligible = [~(mask & ~drop) for mask, drop in zip(masks, dropped)]
         else:
-            grow_eligible = [~layer.mask for layer in self.layers]
+            grow_eligible = [~mask for mask in masks]
         grown = select_top_k([self.method.grow_score(v) for v in views], grow_eligible, k, communicator)
 
-        self.num_updates += 1
-        counter_dtype = counter_dtype_for(self.num_updates + 1)
-        local_counts = []
-        for index, (layer, drop, grow) in enumerate(zip(self.layers, dropped, grown)):
-            layer.mask = (layer.mask & ~drop) | grow
-            if layer.counter.dtype != counter_dtype:
-                layer.counter = layer.counter.to(counter_dtype)
-            layer.counter += layer.mask
+        counter_dtype = counter_dtype_for(self.num_updates + 2)  # the bound after this update
+        for index, state, drop, grow, layer_k in zip(layers, states, dropped, grown, k):
+            state.mask = (state.mask & ~drop) | grow
+            if state.counter.dtype != counter_dtype:
+                state.counter = state.counter.to(counter_dtype)
+            state.counter += state.mask
             self.backend.reset_optimizer_state(index, drop | grow)
-            local_counts.append(torch.stack([grow.sum(), (grow & ~drop).sum()]))
-        self.backend.mask_weights(self.masks)
+            self._grown[index] = layer_k
+        self.backend.mask_weights([(index, self.layers[index].mask) for index in layers])
 
-        replaced = torch.stack(local_counts).to(torch.int64)
-        communicator.all_reduce_sum(replaced)
-        self.last_update = {"step": self.step, "drop_fraction": drop_fraction, "k": k,
-                            "grown": replaced[:, 0].tolist()}
+    def _record_update(self) -> dict[str, Any]:
+        self.num_updates += 1
+        drop_fraction = self.schedule.drop_fraction_at(self.step)
+        grown = [self._grown.get(index, 0) for index in range(len(self.layers))]
         metrics = self.metrics()
         metrics.update(step=self.step, drop_fraction=drop_fraction,
-                       mask_change=_safe_ratio(sum(self.last_update["grown"]), sum(l.spec.active_count for l in self.layers)))
-        self.last_update["metrics"] = metrics
+                       mask_change=_safe_ratio(sum(grown), sum(layer.spec.active_count for layer in self.layers)))
+        self.last_update = {"step": self.step, "drop_fraction": drop_fraction, "grown": grown, "metrics": metrics}
         logger.info("mask update %d at step %d: drop_fraction=%.4f exploration=%.4f", self.num_updates, self.step,
                     drop_fraction, metrics["exploration_degree"])
         return metrics
@@ -198,7 +225,7 @@ class SparseEngine:
         self.step = int(state["step"])
         self.num_updates = int(state["num_updates"])
         self.seed = int(state["seed"])
-        self.backend.mask_weights(self.masks)
+        self.backend.mask_weights(list(enumerate(self.masks)))
 
 
 def _safe_ratio(numerator: float, denominator: float) -> float:

@@ -40,8 +40,7 @@ class Sparsifier:
         self.backend = TorchBackend(self.params, optimizer)
         self.engine = SparseEngine(self.specs, self.recipe.build_method(), self.recipe.schedule, self.backend,
                                    seed=self.recipe.seed)
-        self._hooks = self.backend.install_step_hooks(self.engine.before_optimizer_step,
-                                                      self.engine.after_optimizer_step)
+        self._hooks = self.backend.install_step_hooks(self.engine)
 
     @property
     def step(self) -> int:

@@ -7,11 +7,14 @@ weights, resetting optimizer state. The engine and the methods only ever see 1-D
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from gsparse.selection import Communicator, LocalSlice
+
+if TYPE_CHECKING:
+    from gsparse.engine import SparseEngine
 
 
 class Backend(ABC):
@@ -30,17 +33,18 @@ class Backend(ABC):
         """The local piece of the dense gradient of this step as 1-D float32, if any."""
 
     @abstractmethod
-    def mask_gradients(self, masks: Sequence[torch.Tensor]) -> None:
-        """Zero the gradients of inactive weights before the optimizer step."""
+    def mask_gradients(self, masks: Sequence[tuple[int, torch.Tensor]]) -> None:
+        """Zero the gradients of inactive weights of the given ``(layer, local mask)`` pairs."""
 
     @abstractmethod
-    def mask_weights(self, masks: Sequence[torch.Tensor]) -> None:
-        """Zero inactive weights (master and low-precision copies)."""
+    def mask_weights(self, masks: Sequence[tuple[int, torch.Tensor]]) -> None:
+        """Zero inactive weights (master and low-precision copies) of the given layers."""
 
     @abstractmethod
     def reset_optimizer_state(self, layer: int, positions: torch.Tensor) -> None:
         """Zero per-weight optimizer state (momentum, Adam moments) at ``positions`` (bool, local)."""
 
     @abstractmethod
-    def install_step_hooks(self, before_step: Callable[[], None], after_step: Callable[[], None]) -> list:
-        """Call ``before_step`` / ``after_step`` around every real optimizer step; return handles."""
+    def install_step_hooks(self, engine: "SparseEngine") -> list:
+        """Drive ``engine`` (start_step, before/after_layers_step, finish_step) around every real
+        optimizer step; return removable handles."""

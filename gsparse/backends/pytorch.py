@@ -1,7 +1,7 @@
 """Single-process backend: plain PyTorch parameters and a ``torch.optim`` optimizer."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -31,15 +31,16 @@ class TorchBackend(Backend):
         grad = self.params[layer].grad
         return None if grad is None else grad.detach().reshape(-1).to(torch.float32)
 
-    def mask_gradients(self, masks: Sequence[torch.Tensor]) -> None:
-        for param, mask in zip(self.params, masks):
-            if param.grad is not None:
-                param.grad.mul_(mask.view(param.shape))
+    def mask_gradients(self, masks: Sequence[tuple[int, torch.Tensor]]) -> None:
+        for layer, mask in masks:
+            grad = self.params[layer].grad
+            if grad is not None:
+                grad.mul_(mask.view(grad.shape))
 
     @torch.no_grad()
-    def mask_weights(self, masks: Sequence[torch.Tensor]) -> None:
-        for param, mask in zip(self.params, masks):
-            param.mul_(mask.view(param.shape))
+    def mask_weights(self, masks: Sequence[tuple[int, torch.Tensor]]) -> None:
+        for layer, mask in masks:
+            self.params[layer].mul_(mask.view(self.params[layer].shape))
 
     def reset_optimizer_state(self, layer: int, positions: torch.Tensor) -> None:
         param = self.params[layer]
@@ -47,8 +48,16 @@ class TorchBackend(Backend):
             if torch.is_tensor(value) and value.shape == param.shape:
                 value.masked_fill_(positions.view(param.shape), 0)
 
-    def install_step_hooks(self, before_step: Callable[[], None], after_step: Callable[[], None]) -> list:
-        return [
-            self.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: before_step()),
-            self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: after_step()),
-        ]
+    def install_step_hooks(self, engine) -> list:
+        all_layers = range(len(self.params))
+
+        def before_step(optimizer, args, kwargs):
+            engine.start_step()
+            engine.before_layers_step(all_layers)
+
+        def after_step(optimizer, args, kwargs):
+            engine.after_layers_step(all_layers)
+            engine.finish_step()
+
+        return [self.optimizer.register_step_pre_hook(before_step),
+                self.optimizer.register_step_post_hook(after_step)]
