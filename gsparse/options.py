@@ -57,8 +57,8 @@ def resolve_options(values: Mapping[str, Any] | None, spec: Mapping[str, Option]
 def number(minimum: float | None = None, maximum: float | None = None, *, min_open: bool = False,
            max_open: bool = False) -> Check:
     """A real number in the given range (bounds inclusive unless ``*_open``)."""
-    low = "(" if min_open else "["
-    high = ")" if max_open else "]"
+    low = "(" if min_open or minimum is None else "["
+    high = ")" if max_open or maximum is None else "]"
     allowed = f"a number in {low}{'-inf' if minimum is None else minimum}, {'inf' if maximum is None else maximum}{high}"
 
     def check(key: str, value: Any) -> float:

@@ -26,13 +26,14 @@ class SparseParamSpec:
 
 
 def select_sparse_params(named_params: list[tuple[str, torch.nn.Parameter]],
-                         module_types: dict[str, str], recipe) -> list[str]:
+                         module_types: dict[str, list[str]], recipe) -> list[str]:
     """Names of the sparse parameters, in model order.
 
-    Candidates are the ``weight`` of modules whose class name is in ``params.module_types``, or,
+    Candidates are the ``weight`` of modules whose class, or one of its base classes, has its name
+    in ``params.module_types`` (so subclasses of ``Linear`` count), or,
     when ``params.include`` is given, the parameters whose name matches one of its globs. Names
     matching ``params.exclude`` are removed, then the first/last candidate if asked to stay dense.
-    ``module_types`` maps parameter name to the class name of its owning module.
+    ``module_types`` maps parameter name to the class names (with bases) of its owning module.
     """
     selection = recipe.params
     names = [name for name, _ in named_params]
@@ -42,7 +43,7 @@ def select_sparse_params(named_params: list[tuple[str, torch.nn.Parameter]],
         candidates = [n for n in names if any(fnmatchcase(n, p) for p in selection.include)]
     else:
         candidates = [n for n in names if n.rsplit(".", 1)[-1] == "weight"
-                      and module_types.get(n) in selection.module_types]
+                      and any(t in selection.module_types for t in module_types.get(n, ()))]
     candidates = [n for n in candidates if not any(fnmatchcase(n, p) for p in selection.exclude)]
     if selection.dense_first_layer and candidates:
         candidates = candidates[1:]
@@ -59,7 +60,8 @@ def sparse_param_specs(model: torch.nn.Module, recipe) -> list[SparseParamSpec]:
     owner_type = {}
     for module_name, module in model.named_modules():
         for param_name, _ in module.named_parameters(recurse=False):
-            owner_type[f"{module_name}.{param_name}" if module_name else param_name] = type(module).__name__
+            owner_type[f"{module_name}.{param_name}" if module_name else param_name] = [
+                cls.__name__ for cls in type(module).__mro__]
     names = select_sparse_params(named_params, owner_type, recipe)
     shapes = OrderedDict((n, tuple(p.shape)) for n, p in named_params if n in set(names))
     custom = {}

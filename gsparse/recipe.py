@@ -106,11 +106,12 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, (str, Path)):
-        text = Path(recipe).read_text() if Path(recipe).is_file() else None
-        if text is None:
-            if isinstance(recipe, Path) or "\n" not in recipe and ":" not in recipe:
-                raise FileNotFoundError(f"recipe file not found: {recipe}")
-            text = recipe
+        if _is_file(recipe):
+            text = Path(recipe).read_text()
+        elif isinstance(recipe, str) and ("\n" in recipe or ":" in recipe):
+            text = recipe  # YAML given inline
+        else:
+            raise FileNotFoundError(f"recipe file not found: {recipe}")
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
@@ -124,13 +125,21 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
     params = ParamSelection(**resolve_options(top["params"], _PARAMS_OPTIONS, "params."))
     schedule_args = resolve_options(top["schedule"], _SCHEDULE_OPTIONS, "schedule.")
     schedule = _build_schedule(schedule_args)
-    method_class = METHODS[top["method"]]
-    method_args = dict(method_class(**(top["method_args"] or {})).args.__dict__)
+    method_args = resolve_options(top["method_args"], METHODS[top["method"]].options, "method_args.")
     return Recipe(
         method=top["method"], sparsity=top["sparsity"], distribution=top["distribution"],
         erk_power_scale=top["erk_power_scale"], layer_sparsity=top["layer_sparsity"], params=params,
         schedule=schedule, method_args=method_args, seed=top["seed"], source=source,
     )
+
+
+def _is_file(candidate: str | Path) -> bool:
+    if isinstance(candidate, str) and "\n" in candidate:
+        return False
+    try:
+        return Path(candidate).is_file()
+    except OSError:  # e.g. a name too long to be a path
+        return False
 
 
 def _build_schedule(args: dict[str, Any]) -> UpdateSchedule:

@@ -56,10 +56,11 @@ class LocalSlice:
 
 def order_keys(scores: torch.Tensor) -> torch.Tensor:
     """Map float scores to int64 keys in ``[0, 2**32)`` whose integer order is the float order."""
-    scores = scores.detach().to(torch.float32)
-    scores = torch.where(torch.isnan(scores), float("-inf"), scores) + 0.0  # +0.0 turns -0.0 into 0.0
+    scores = scores.detach().to(torch.float32) + 0.0  # +0.0 turns -0.0 into 0.0
     bits = scores.view(torch.int32).to(torch.int64)
-    return torch.where(bits >= 0, bits + (1 << 31), -1 - bits)
+    keys = torch.where(bits >= 0, bits + (1 << 31), -1 - bits)
+    # Key 0 belongs to a NaN bit pattern only, so NaN can take it and rank below -inf.
+    return torch.where(torch.isnan(scores), 0, keys)
 
 
 def select_top_k(
