@@ -87,6 +87,7 @@ class SparseEngine:
             layer.mask = mask
             layer.counter = mask.to(torch.uint8)
         self.backend.mask_weights(list(enumerate(self.masks)))
+        self.backend.sync_weights()
 
     @property
     def masks(self) -> list[torch.Tensor]:
@@ -126,6 +127,7 @@ class SparseEngine:
         self._grown = {}
         self._update_layers(range(len(self.layers)))
         self.backend.mask_gradients([(index, layer.mask) for index, layer in enumerate(self.layers)])
+        self.backend.sync_weights()
         return self._record_update()
 
     def _update_layers(self, layers: Sequence[int]) -> None:
@@ -226,6 +228,7 @@ class SparseEngine:
         self.num_updates = int(state["num_updates"])
         self.seed = int(state["seed"])
         self.backend.mask_weights(list(enumerate(self.masks)))
+        self.backend.sync_weights()
 
 
 def _safe_ratio(numerator: float, denominator: float) -> float:

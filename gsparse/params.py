@@ -54,6 +54,11 @@ def select_sparse_params(named_params: list[tuple[str, torch.nn.Parameter]],
     return candidates
 
 
+def full_shape(param: torch.nn.Parameter) -> tuple[int, ...]:
+    """The parameter's shape, also when ZeRO-3 has partitioned it away (``ds_shape``)."""
+    return tuple(getattr(param, "ds_shape", param.shape))
+
+
 def sparse_param_specs(model: torch.nn.Module, recipe) -> list[SparseParamSpec]:
     """Resolve the recipe against ``model``: sparse parameters and their exact active counts."""
     named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -63,7 +68,7 @@ def sparse_param_specs(model: torch.nn.Module, recipe) -> list[SparseParamSpec]:
             owner_type[f"{module_name}.{param_name}" if module_name else param_name] = [
                 cls.__name__ for cls in type(module).__mro__]
     names = select_sparse_params(named_params, owner_type, recipe)
-    shapes = OrderedDict((n, tuple(p.shape)) for n, p in named_params if n in set(names))
+    shapes = OrderedDict((n, full_shape(p)) for n, p in named_params if n in set(names))
     custom = {}
     for pattern, sparsity in recipe.layer_sparsity.items():
         matched = [n for n in shapes if fnmatchcase(n, pattern)]

@@ -40,6 +40,10 @@ class Backend(ABC):
     def mask_weights(self, masks: Sequence[tuple[int, torch.Tensor]]) -> None:
         """Zero inactive weights (master and low-precision copies) of the given layers."""
 
+    def sync_weights(self) -> None:
+        """Propagate master-weight changes made outside an optimizer step to low-precision copies
+        (collective where the backend is distributed). Inside a step the framework does it."""
+
     @abstractmethod
     def reset_optimizer_state(self, layer: int, positions: torch.Tensor) -> None:
         """Zero per-weight optimizer state (momentum, Adam moments) at ``positions`` (bool, local)."""

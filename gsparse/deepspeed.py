@@ -1,0 +1,171 @@
+"""Sparse training inside a DeepSpeed engine, at ZeRO stages 0-3.
+
+Attach a recipe to the engine that ``deepspeed.initialize`` returned::
+
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    sparsifier = gsparse.deepspeed.attach(engine)   # recipe from ds_config["gsparse"], or pass one
+
+or use :func:`initialize`, which does both. The training loop stays DeepSpeed's own
+(``engine.backward(loss); engine.step()``); ``engine.save_checkpoint`` / ``load_checkpoint``
+also save and restore the sparse state (one file per rank, resharded when the world size changes).
+
+Each rank holds masks and counters for its own ZeRO partition only (ZeRO-0 replicates them), and
+every mask decision is the exact distributed top-k of :mod:`gsparse.selection`, equal to a
+single-process run's.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+
+from gsparse import checkpoint
+from gsparse.backends.pytorch import ReplicatedMasterBackend, TorchBackend
+from gsparse.backends.zero import PartitionedGroupsBackend, Stage3Backend, UnsupportedLayout
+from gsparse.engine import SparseEngine
+from gsparse.params import sparse_param_specs
+from gsparse.recipe import Recipe, load_recipe
+
+CONFIG_KEY = "gsparse"
+TESTED_DEEPSPEED = ((0, 19, 7), (0, 19, 8))
+_SHARD_FOLDER = "gsparse"
+
+
+def _check_deepspeed_version() -> None:
+    import deepspeed
+
+    version = tuple(int(part) for part in deepspeed.__version__.split("+")[0].split(".")[:3])
+    if not TESTED_DEEPSPEED[0] <= version <= TESTED_DEEPSPEED[1]:
+        raise UnsupportedLayout(f"deepspeed {deepspeed.__version__} is not a version gsparse was tested with "
+                                f"(0.19.7-0.19.8); install one with: pip install 'deepspeed>=0.19.7,<0.19.9'")
+
+
+def _build_backend(engine, params: list[torch.nn.Parameter]):
+    stage = engine.zero_optimization_stage()
+    optimizer = engine.optimizer
+    if optimizer is None:
+        raise UnsupportedLayout("the DeepSpeed engine has no optimizer: pass one to deepspeed.initialize")
+    if stage == 3:
+        return Stage3Backend(optimizer, params)
+    if stage in (1, 2) or type(optimizer).__name__ == "BF16_Optimizer":
+        return PartitionedGroupsBackend(optimizer, params)
+    if isinstance(optimizer, torch.optim.Optimizer) and not hasattr(optimizer, "optimizer"):
+        return TorchBackend(params, optimizer)  # ZeRO-0 in fp32: replicated, the client optimizer itself
+    if type(optimizer).__name__ == "FP16_UnfusedOptimizer" and hasattr(optimizer, "fp32_groups"):
+        master_of = {id(low): master for lows, masters in zip(optimizer.fp16_groups, optimizer.fp32_groups)
+                     for low, master in zip(lows, masters)}
+        return ReplicatedMasterBackend(params, [master_of[id(p)] for p in params], optimizer.optimizer)
+    raise UnsupportedLayout(f"ZeRO stage {stage} with {type(optimizer).__name__} is not a layout gsparse knows "
+                            "(tested: fp32, bf16 and fp16 at ZeRO stages 0-3 with a torch.optim optimizer)")
+
+
+class DeepSpeedSparsifier:
+    """The sparse state of one DeepSpeed engine; see :func:`attach`."""
+
+    def __init__(self, engine, recipe: str | Mapping[str, Any] | Recipe | None = None):
+        _check_deepspeed_version()
+        if recipe is None:
+            recipe = _config_dict(engine).get(CONFIG_KEY)
+            if recipe is None:
+                raise ValueError(f"no recipe: pass one, or put it under the '{CONFIG_KEY}' key of the DeepSpeed config")
+        self.ds_engine = engine
+        self.recipe = load_recipe(recipe)
+        self.specs = sparse_param_specs(engine.module, self.recipe)
+        named = dict(engine.module.named_parameters())
+        self.params = [named[spec.name] for spec in self.specs]
+        self.backend = _build_backend(engine, self.params)
+        self.engine = SparseEngine(self.specs, self.recipe.build_method(), self.recipe.schedule, self.backend,
+                                   seed=self.recipe.seed)
+        self._hooks = self.backend.install_step_hooks(self.engine)
+        self._wrap_checkpointing(engine)
+
+    # ---- state --------------------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        return self.engine.step
+
+    @property
+    def last_update(self) -> dict[str, Any] | None:
+        return self.engine.last_update
+
+    def local_masks(self) -> dict[str, tuple[int, torch.Tensor]]:
+        """This rank's piece of every mask: ``{name: (global start, 1-D bool mask)}``."""
+        return {layer.spec.name: (layer.start, layer.mask) for layer in self.engine.layers}
+
+    def local_counters(self) -> dict[str, tuple[int, torch.Tensor]]:
+        return {layer.spec.name: (layer.start, layer.counter) for layer in self.engine.layers}
+
+    def metrics(self) -> dict[str, Any]:
+        """Density and exploration degree over the whole model (a collective: call on all ranks)."""
+        return self.engine.metrics()
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def _shard_owner(self) -> tuple[int, int, bool]:
+        communicator = self.backend.communicator
+        replicated = communicator.world_size == 1 and dist.is_initialized() and dist.get_world_size() > 1
+        writes = not replicated or dist.get_rank() == 0
+        return communicator.rank, communicator.world_size, writes
+
+    def save(self, checkpoint_dir: str | Path) -> None:
+        """Write this rank's sparse state under ``checkpoint_dir/gsparse/`` (all ranks call it)."""
+        rank, world_size, writes = self._shard_owner()
+        if writes:
+            checkpoint.save_shard(self.engine, Path(checkpoint_dir) / _SHARD_FOLDER, rank, world_size)
+
+    def load(self, checkpoint_dir: str | Path) -> None:
+        """Restore the sparse state saved under ``checkpoint_dir`` at any world size."""
+        rank, world_size, _ = self._shard_owner()
+        checkpoint.load_shards(self.engine, Path(checkpoint_dir) / _SHARD_FOLDER, rank, world_size)
+
+    def _wrap_checkpointing(self, engine) -> None:
+        save_checkpoint, load_checkpoint = engine.save_checkpoint, engine.load_checkpoint
+
+        def save_with_sparse_state(save_dir, tag=None, *args, **kwargs):
+            tag = str(tag) if tag is not None else f"global_step{engine.global_steps}"
+            # Our files first: DeepSpeed writes 'latest' last, so a crash never points to a
+            # checkpoint without its sparse state.
+            self.save(os.path.join(save_dir, tag))
+            return save_checkpoint(save_dir, tag, *args, **kwargs)
+
+        def load_with_sparse_state(load_dir, tag=None, *args, **kwargs):
+            load_path, client_state = load_checkpoint(load_dir, tag, *args, **kwargs)
+            if load_path is not None:
+                self.load(os.path.dirname(load_path))
+            return load_path, client_state
+
+        engine.save_checkpoint = save_with_sparse_state
+        engine.load_checkpoint = load_with_sparse_state
+
+
+def _config_dict(engine) -> dict:
+    config = getattr(getattr(engine, "_config", None), "_param_dict", None)
+    return config if isinstance(config, dict) else {}
+
+
+def attach(engine, recipe: str | Mapping[str, Any] | Recipe | None = None) -> DeepSpeedSparsifier:
+    """Make ``engine``'s model sparse and keep it so: masks exact every step, updated on schedule.
+
+    ``recipe`` defaults to the ``"gsparse"`` key of the engine's DeepSpeed config.
+    """
+    return DeepSpeedSparsifier(engine, recipe)
+
+
+def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, **kwargs):
+    """``deepspeed.initialize`` plus :func:`attach`; returns DeepSpeed's tuple and the sparsifier.
+
+    The recipe is checked before DeepSpeed builds anything, so a bad recipe fails fast.
+    """
+    import deepspeed
+
+    config = kwargs.get("config") or kwargs.get("config_params")
+    if recipe is None and isinstance(config, Mapping):
+        recipe = config.get(CONFIG_KEY)
+    if recipe is not None:
+        recipe = load_recipe(recipe)
+    engine, optimizer, dataloader, scheduler = deepspeed.initialize(*args, **kwargs)
+    return engine, optimizer, dataloader, scheduler, attach(engine, recipe)

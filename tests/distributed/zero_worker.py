@@ -1,0 +1,315 @@
+"""Multi-process checks of the DeepSpeed integration, run by tests/test_zero.py under torchrun.
+
+Every rank runs the scenarios named on the command line; rank 0 writes a JSON of findings that the
+pytest side asserts on. Full masks and weights are gathered here for checking only: the library
+itself never gathers them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import deepspeed  # noqa: E402
+from deepspeed.utils import safe_get_full_fp32_param  # noqa: E402
+
+import gsparse  # noqa: E402
+import gsparse.deepspeed as gds  # noqa: E402
+from gsparse.backends.zero import ProcessGroupCommunicator  # noqa: E402
+from gsparse.selection import reference_top_k, select_top_k  # noqa: E402
+
+STEPS = int(os.environ.get("GSPARSE_TEST_STEPS", "200"))
+MICRO_BATCH = 8
+
+
+def log(*args):
+    if dist.get_rank() == 0:
+        print(*args, flush=True)
+
+
+def make_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(12, 48), torch.nn.ReLU(), torch.nn.Linear(48, 32), torch.nn.ReLU(),
+                               torch.nn.Linear(32, 4))
+
+
+def batch(step: int, micro: int = 0):
+    """The same batch on every rank, so the averaged gradient equals a single process's exactly."""
+    generator = torch.Generator().manual_seed(10_000 + 7 * step + micro)
+    inputs = torch.randn(MICRO_BATCH, 12, generator=generator)
+    targets = (inputs[:, :4].argmax(dim=1) + (inputs[:, 4] > 0).long()) % 4
+    return inputs, targets
+
+
+def recipe(method: str, interval: int = 10, last: int = 150) -> dict:
+    return {"method": method, "sparsity": 0.85, "distribution": "erk", "seed": 5,
+            "schedule": {"update_interval": interval, "drop_fraction": 0.4, "drop_fraction_decay": "cosine",
+                         "final_drop_fraction": 0.05, "last_update_step": last},
+            "method_args": {"c": 0.05} if method == "dst_ee" else {}}
+
+
+def ds_config(stage: int, *, accumulation: int = 1, dtype: str = "fp32", sparse_recipe: dict | None = None) -> dict:
+    config = {"train_micro_batch_size_per_gpu": MICRO_BATCH, "gradient_accumulation_steps": accumulation,
+              "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 50},
+              "zero_allow_untested_optimizer": True, "steps_per_print": 10**9, "gradient_clipping": 0.0, "wall_clock_breakdown": False}
+    if dtype == "bf16":
+        config["bf16"] = {"enabled": True}
+    if sparse_recipe is not None:
+        config["gsparse"] = sparse_recipe
+    return config
+
+
+def make_optimizer(name: str, model):
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
+    return torch.optim.SGD(model.parameters(), lr=0.05)
+
+
+def build(stage, method, *, seed=0, optimizer="adamw", accumulation=1, dtype="fp32", **recipe_args):
+    model = make_model(seed)
+    config = ds_config(stage, accumulation=accumulation, dtype=dtype, sparse_recipe=recipe(method, **recipe_args))
+    engine, _, _, _, sparsifier = gds.initialize(model=model, optimizer=make_optimizer(optimizer, model),
+                                                 config=config)
+    return engine, sparsifier
+
+
+def train(engine, first_step: int, last_step: int, accumulation: int = 1, check=None):
+    for step in range(first_step, last_step + 1):
+        for micro in range(accumulation):
+            inputs, targets = batch(step, micro)
+            inputs = inputs.to(next(engine.module.parameters()).dtype)
+            loss = torch.nn.functional.cross_entropy(engine(inputs).float(), targets)
+            engine.backward(loss)
+            engine.step()
+        if check is not None:
+            check(step)
+
+
+def reference_run(method, steps, *, optimizer="adamw", accumulation=1, **recipe_args):
+    """The single-process run the distributed one must equal."""
+    model = make_model(0)
+    torch_optimizer = make_optimizer(optimizer, model)
+    sparsifier = gsparse.Sparsifier(model, torch_optimizer, recipe(method, **recipe_args))
+    for step in range(1, steps + 1):
+        torch_optimizer.zero_grad()
+        for micro in range(accumulation):
+            inputs, targets = batch(step, micro)
+            (torch.nn.functional.cross_entropy(model(inputs), targets) / accumulation).backward()
+        torch_optimizer.step()
+    masks = {n: m.reshape(-1) for n, m in sparsifier.masks.items()}
+    counters = {n: c.reshape(-1).long() for n, c in sparsifier.counters.items()}
+    return masks, counters, {n: p.detach().clone() for n, p in model.named_parameters()}, sparsifier
+
+
+def gather_full(pieces: dict[str, tuple[int, torch.Tensor]], numels: dict[str, int], dtype) -> dict[str, torch.Tensor]:
+    """Test-only: assemble full tensors from every rank's (start, piece)."""
+    full = {}
+    for name, (start, piece) in pieces.items():
+        buffer = torch.zeros(numels[name], dtype=dtype)
+        buffer[start:start + piece.numel()] = piece.to(dtype)
+        dist.all_reduce(buffer)  # pieces are disjoint, so the sum assembles them
+        full[name] = buffer
+    return full
+
+
+def full_state(sparsifier, replicated: bool):
+    numels = {spec.name: spec.numel for spec in sparsifier.specs}
+    if replicated:
+        masks = {n: m for n, (_, m) in sparsifier.local_masks().items()}
+        counters = {n: c.long() for n, (_, c) in sparsifier.local_counters().items()}
+        return masks, counters
+    masks = {n: m.bool() for n, m in gather_full(sparsifier.local_masks(), numels, torch.int64).items()}
+    counters = gather_full(sparsifier.local_counters(), numels, torch.int64)
+    return masks, counters
+
+
+def full_weights(engine) -> dict[str, torch.Tensor]:
+    if engine.zero_optimization_stage() == 0:
+        return {n: p.detach().float().clone() for n, p in engine.module.named_parameters()}
+    return {n: safe_get_full_fp32_param(p).detach().clone() for n, p in engine.module.named_parameters()}
+
+
+def invariant_checker(engine, sparsifier, violations: dict):
+    """Per step: exact global active count, master and low-precision weights zero where masked."""
+    stage = engine.zero_optimization_stage()
+    params = dict(engine.module.named_parameters())
+
+    def check(step):
+        active = torch.tensor([int(m.sum()) for _, m in sparsifier.local_masks().values()], dtype=torch.int64)
+        if sparsifier.backend.communicator.world_size > 1:
+            dist.all_reduce(active)
+        expected = torch.tensor([spec.active_count for spec in sparsifier.specs])
+        violations["active_count"] += int((active != expected).sum())
+        for layer, (name, (start, mask)) in enumerate(sparsifier.local_masks().items()):
+            master = sparsifier.backend.weight(layer)
+            violations["master_nonzero"] += int((master[~mask] != 0).sum())
+            if stage == 3:
+                low_precision = params[name].ds_tensor.reshape(-1)[:mask.numel()]
+            else:
+                low_precision = params[name].detach().reshape(-1)[start:start + mask.numel()]
+            violations["low_precision_nonzero"] += int((low_precision[~mask] != 0).sum())
+
+    return check
+
+
+def scenario_train(results: dict, configs: list[str]):
+    references = {}
+    for config in configs:
+        stage, method, *options = config.split("-")
+        stage = int(stage)
+        accumulation = 2 if "gas2" in options else 1
+        dtype = "bf16" if "bf16" in options else "fp32"
+        engine, sparsifier = build(stage, method, accumulation=accumulation, dtype=dtype)
+        violations = {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
+        train(engine, 1, STEPS, accumulation, invariant_checker(engine, sparsifier, violations))
+        replicated = sparsifier.backend.communicator.world_size == 1
+        masks, counters = full_state(sparsifier, replicated)
+        weights = full_weights(engine)
+        metrics = sparsifier.metrics()
+        entry = {"violations": violations, "steps": sparsifier.step, "updates": sparsifier.engine.num_updates,
+                 "density": metrics["density"], "exploration": metrics["exploration_degree"],
+                 "local_numel": {n: int(m.numel()) for n, (_, m) in sparsifier.local_masks().items()}}
+        if dist.get_rank() == 0 and dtype == "fp32":
+            key = (method, accumulation)
+            if key not in references:
+                references[key] = reference_run(method, STEPS, accumulation=accumulation)
+            ref_masks, ref_counters, ref_weights, ref_sparsifier = references[key]
+            entry["masks_equal"] = all(torch.equal(masks[n], ref_masks[n]) for n in ref_masks)
+            entry["counters_equal"] = all(torch.equal(counters[n], ref_counters[n]) for n in ref_counters)
+            entry["max_weight_diff"] = max(float((weights[n] - ref_weights[n]).abs().max()) for n in ref_weights)
+            entry["reference_exploration"] = ref_sparsifier.metrics()["exploration_degree"]
+            if os.environ.get("GSPARSE_DEBUG"):
+                torch.save({"weights": weights, "ref_weights": ref_weights, "masks": masks, "ref_masks": ref_masks,
+                            "counters": counters}, "debug.pt")
+        results[f"train/{config}"] = entry
+        log(config, entry)
+        del engine, sparsifier
+
+
+def scenario_select(results: dict):
+    """Distributed selection on real ZeRO-2 and ZeRO-3 partitions equals the single-process rule."""
+    for stage in (2, 3):
+        engine, sparsifier = build(stage, "set")
+        backend = sparsifier.backend
+        generator = torch.Generator().manual_seed(123)  # same scores on every rank
+        mismatches = 0
+        for trial in range(20):
+            full_scores, eligible, ks = [], [], []
+            for spec in sparsifier.specs:
+                values = torch.randint(0, 3 if trial % 2 else 1000, (spec.numel,), generator=generator).float()
+                full_scores.append(values)
+                eligible.append(torch.rand(spec.numel, generator=generator) < 0.7)
+                ks.append(int(torch.randint(0, int(eligible[-1].sum()) + 1, (1,), generator=generator)))
+            local = [(backend.local_slice(i).start, backend.local_slice(i).length) for i in range(len(ks))]
+            chosen = select_top_k([s[a:a + n] for s, (a, n) in zip(full_scores, local)],
+                                  [e[a:a + n] for e, (a, n) in zip(eligible, local)], ks, backend.communicator)
+            pieces = {spec.name: (a, c) for spec, (a, n), c in zip(sparsifier.specs, local, chosen)}
+            full = gather_full(pieces, {s.name: s.numel for s in sparsifier.specs}, torch.int64)
+            for spec, scores, mask, k in zip(sparsifier.specs, full_scores, eligible, ks):
+                mismatches += int(not torch.equal(full[spec.name].bool(), reference_top_k(scores, mask, k)))
+        straddling = sum(1 for i in range(len(ks)) if 0 < backend.local_slice(i).length < sparsifier.specs[i].numel)
+        results[f"select/stage{stage}/world{dist.get_world_size()}"] = {"mismatches": mismatches,
+                                                                       "straddling_layers": straddling}
+        log("select", stage, mismatches, straddling)
+        del engine, sparsifier
+
+
+def scenario_resume(results: dict, workdir: Path):
+    """Save at step 75 and resume in a fresh engine: bitwise equal to not stopping."""
+    for stage in (1, 2, 3):
+        for method in ("dst_ee", "rigl"):
+            engine, sparsifier = build(stage, method)
+            train(engine, 1, 120)
+            masks, counters = full_state(sparsifier, False)
+            weights = full_weights(engine)
+            del engine, sparsifier
+
+            engine, sparsifier = build(stage, method)
+            train(engine, 1, 75)
+            engine.save_checkpoint(str(workdir / f"resume-{stage}-{method}"))
+            del engine, sparsifier
+
+            engine, sparsifier = build(stage, method, seed=99)
+            load_path, _ = engine.load_checkpoint(str(workdir / f"resume-{stage}-{method}"))
+            resumed_step = sparsifier.step
+            train(engine, 76, 120)
+            masks_b, counters_b = full_state(sparsifier, False)
+            weights_b = full_weights(engine)
+            results[f"resume/{stage}-{method}"] = {
+                "loaded": load_path is not None, "resumed_step": resumed_step,
+                "masks_equal": all(torch.equal(masks[n], masks_b[n]) for n in masks),
+                "counters_equal": all(torch.equal(counters[n], counters_b[n]) for n in counters),
+                "weights_equal": all(torch.equal(weights[n], weights_b[n]) for n in weights),
+            }
+            log("resume", stage, method, results[f"resume/{stage}-{method}"])
+            del engine, sparsifier
+
+
+RESHARD_STEPS = (60, 120)  # save after the first, compare after the second
+
+
+def scenario_reshard_save(results: dict, workdir: Path):
+    """Save a ZeRO-2 SGD checkpoint (stateless optimizer: weights say everything) at this world size."""
+    engine, sparsifier = build(2, "dst_ee", optimizer="sgd")
+    train(engine, 1, RESHARD_STEPS[0])
+    engine.save_checkpoint(str(workdir / f"reshard-from-{dist.get_world_size()}"), tag="ckpt")
+    results[f"reshard_saved/{dist.get_world_size()}"] = {"step": sparsifier.step}
+
+
+def scenario_reshard_load(results: dict, workdir: Path, source_world: int):
+    source = workdir / f"reshard-from-{source_world}"
+    engine, sparsifier = build(2, "dst_ee", optimizer="sgd", seed=7)
+    engine.load_checkpoint(str(source), tag="ckpt", load_optimizer_states=False, load_lr_scheduler_states=False)
+    loaded_step = sparsifier.step
+    loaded_masks, _ = full_state(sparsifier, False)
+    train(engine, RESHARD_STEPS[0] + 1, RESHARD_STEPS[1])
+    masks, counters = full_state(sparsifier, False)
+    entry = {"loaded_step": loaded_step}
+    if dist.get_rank() == 0:
+        ref_at_save = reference_run("dst_ee", RESHARD_STEPS[0], optimizer="sgd")
+        ref_masks, ref_counters, _, _ = reference_run("dst_ee", RESHARD_STEPS[1], optimizer="sgd")
+        entry["masks_at_load_equal"] = all(torch.equal(loaded_masks[n], ref_at_save[0][n]) for n in ref_masks)
+        entry["masks_equal"] = all(torch.equal(masks[n], ref_masks[n]) for n in ref_masks)
+        entry["counters_equal"] = all(torch.equal(counters[n], ref_counters[n]) for n in ref_counters)
+    results[f"reshard/{source_world}->{dist.get_world_size()}"] = entry
+    log("reshard", entry)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scenarios", required=True)
+    parser.add_argument("--train-configs", default="")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--local_rank", type=int, default=0)
+    args = parser.parse_args()
+    deepspeed.init_distributed(dist_backend="gloo")
+    workdir = Path(args.workdir)
+    results: dict = {}
+    for scenario in args.scenarios.split(","):
+        if scenario == "train":
+            scenario_train(results, args.train_configs.split(","))
+        elif scenario == "select":
+            scenario_select(results)
+        elif scenario == "resume":
+            scenario_resume(results, workdir)
+        elif scenario == "reshard_save":
+            scenario_reshard_save(results, workdir)
+        elif scenario.startswith("reshard_load_from_"):
+            scenario_reshard_load(results, workdir, int(scenario.rsplit("_", 1)[1]))
+        else:
+            raise ValueError(scenario)
+        dist.barrier()
+    if dist.get_rank() == 0:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main()
