@@ -15,6 +15,7 @@ single-process run's.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -67,6 +68,7 @@ class DeepSpeedSparsifier:
 
     def __init__(self, engine, recipe: str | Mapping[str, Any] | Recipe | None = None):
         _check_deepspeed_version()
+        check_config(_config_dict(engine))
         if recipe is None:
             recipe = _config_dict(engine).get(CONFIG_KEY)
             if recipe is None:
@@ -142,6 +144,19 @@ class DeepSpeedSparsifier:
         engine.load_checkpoint = load_with_sparse_state
 
 
+def check_config(config: Mapping[str, Any]) -> None:
+    """Refuse DeepSpeed options gsparse cannot honour, before DeepSpeed builds anything."""
+    zero = config.get("zero_optimization") or {}
+    if zero.get("round_robin_gradients"):
+        raise UnsupportedLayout("zero_optimization.round_robin_gradients is not supported (its fragment mapping is "
+                                "wrong in DeepSpeed 0.19); set it to false")
+    for key in ("offload_optimizer", "offload_param"):
+        device = (zero.get(key) or {}).get("device", "none")
+        if device not in (None, "none"):
+            raise UnsupportedLayout(f"zero_optimization.{key} (device '{device}') is not supported by gsparse; "
+                                    "remove it or set its device to 'none'")
+
+
 def _config_dict(engine) -> dict:
     config = getattr(getattr(engine, "_config", None), "_param_dict", None)
     return config if isinstance(config, dict) else {}
@@ -163,8 +178,15 @@ def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, **
     import deepspeed
 
     config = kwargs.get("config") or kwargs.get("config_params")
-    if recipe is None and isinstance(config, Mapping):
-        recipe = config.get(CONFIG_KEY)
+    launcher_args = kwargs.get("args", args[0] if args else None)
+    if config is None and getattr(launcher_args, "deepspeed_config", None):
+        config = launcher_args.deepspeed_config
+    if isinstance(config, (str, Path)):
+        config = json.loads(Path(config).read_text())
+    if isinstance(config, Mapping):
+        check_config(config)
+        if recipe is None:
+            recipe = config.get(CONFIG_KEY)
     if recipe is not None:
         recipe = load_recipe(recipe)
     engine, optimizer, dataloader, scheduler = deepspeed.initialize(*args, **kwargs)

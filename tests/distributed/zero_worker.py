@@ -21,6 +21,7 @@ from deepspeed.utils import safe_get_full_fp32_param  # noqa: E402
 
 import gsparse  # noqa: E402
 import gsparse.deepspeed as gds  # noqa: E402
+from gsparse.backends.zero import UnsupportedLayout  # noqa: E402
 from gsparse.backends.zero import ProcessGroupCommunicator  # noqa: E402
 from gsparse.selection import reference_top_k, select_top_k  # noqa: E402
 
@@ -60,6 +61,8 @@ def ds_config(stage: int, *, accumulation: int = 1, dtype: str = "fp32", sparse_
               "zero_allow_untested_optimizer": True, "steps_per_print": 10**9, "gradient_clipping": 0.0, "wall_clock_breakdown": False}
     if dtype == "bf16":
         config["bf16"] = {"enabled": True}
+    if dtype == "fp16":
+        config["fp16"] = {"enabled": True, "initial_scale_power": 8}
     if sparse_recipe is not None:
         config["gsparse"] = sparse_recipe
     return config
@@ -281,6 +284,61 @@ def scenario_reshard_load(results: dict, workdir: Path, source_world: int):
     log("reshard", entry)
 
 
+def scenario_fp16_overflow(results: dict):
+    """An overflow-skipped fp16 step is no step: no mask update, no count."""
+    from deepspeed.accelerator import get_accelerator
+
+    if torch.float16 not in get_accelerator().supported_dtypes():
+        results["fp16/unsupported"] = f"DeepSpeed's {get_accelerator().device_name()} accelerator has no fp16"
+        return
+    for stage in (1, 2, 3):
+        engine, sparsifier = build(stage, "dst_ee", dtype="fp16")
+        params = dict(engine.module.named_parameters())
+        updates_seen = []
+        for step in range(1, 26):
+            inputs, targets = batch(step)
+            loss = torch.nn.functional.cross_entropy(engine(inputs.half()).float(), targets)
+            if step in (10, 11):  # overflow exactly where the 10th real step (an update step) would be
+                loss = loss * float("inf")
+            engine.backward(loss)
+            engine.step()
+            updates_seen.append(sparsifier.engine.num_updates)
+        low_precision_bad = 0
+        for name, (start, mask) in sparsifier.local_masks().items():
+            if stage == 3:
+                low = params[name].ds_tensor.reshape(-1)[:mask.numel()]
+            else:
+                low = params[name].detach().reshape(-1)[start:start + mask.numel()]
+            low_precision_bad += int((low[~mask] != 0).sum())
+        results[f"fp16/{stage}"] = {"sparse_steps": sparsifier.step, "skipped": engine.skipped_steps,
+                                    "engine_steps": engine.global_steps, "updates_after_step": updates_seen,
+                                    "low_precision_nonzero": low_precision_bad}
+        log("fp16", stage, results[f"fp16/{stage}"])
+        del engine, sparsifier
+
+
+def scenario_refusals(results: dict):
+    """Options gsparse cannot honour are refused at attach time with a message naming them."""
+    cases = {"round_robin": {"stage": 2, "round_robin_gradients": True},
+             "offload": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}
+    for name, zero in cases.items():
+        model = make_model()
+        config = ds_config(2, sparse_recipe=recipe("rigl"))
+        config["zero_optimization"] = zero
+        try:
+            gds.initialize(model=model, optimizer=make_optimizer("adamw", model), config=config)
+            results[f"refusal/{name}"] = "accepted"
+        except UnsupportedLayout as error:
+            results[f"refusal/{name}"] = str(error)
+    model = make_model()
+    config = ds_config(2, sparse_recipe={**recipe("rigl"), "sparsity": 1.5})
+    try:
+        gds.initialize(model=model, optimizer=make_optimizer("adamw", model), config=config)
+        results["refusal/bad_recipe"] = "accepted"
+    except gsparse.RecipeError as error:
+        results["refusal/bad_recipe"] = str(error)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--scenarios", required=True)
@@ -299,6 +357,10 @@ def main():
             scenario_select(results)
         elif scenario == "resume":
             scenario_resume(results, workdir)
+        elif scenario == "fp16_overflow":
+            scenario_fp16_overflow(results)
+        elif scenario == "refusals":
+            scenario_refusals(results)
         elif scenario == "reshard_save":
             scenario_reshard_save(results, workdir)
         elif scenario.startswith("reshard_load_from_"):

@@ -1,0 +1,144 @@
+"""The DeepSpeed integration with 1-3 CPU processes (gloo), against single-process runs.
+
+All checks run inside five launches of tests/distributed/zero_worker.py (module fixture): each
+launch costs ~15 s of DeepSpeed start-up, so every scenario that can share one does.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKER = Path(__file__).resolve().parent / "distributed" / "zero_worker.py"
+TRAIN_CONFIGS = ["0-dst_ee", "0-rigl", "1-dst_ee", "1-rigl", "2-dst_ee", "2-rigl", "3-dst_ee", "3-rigl",
+                 "2-dst_ee-gas2", "0-rigl-bf16", "1-dst_ee-bf16", "2-rigl-bf16", "3-dst_ee-bf16"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _environment() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("GSPARSE_TEST_STEPS", None)
+    return env
+
+
+def _run(commands: list[list[str]], log: Path, timeout: int = 900) -> None:
+    """Start the processes of one launch (one per node) and wait for all of them."""
+    with log.open("w") as output:
+        processes = [subprocess.Popen(c, stdout=output, stderr=subprocess.STDOUT, env=_environment()) for c in commands]
+        codes = [p.wait(timeout=timeout) for p in processes]
+    if any(codes):
+        raise AssertionError(f"launch failed with exit codes {codes}; log tail:\n" + log.read_text()[-6000:])
+
+
+def _torchrun(processes: int, scenarios: str, workdir: Path, name: str, extra: tuple = ()) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            str(WORKER), "--scenarios", scenarios, "--workdir", str(workdir),
+            "--out", str(workdir / f"{name}.json"), *extra]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    workdir = tmp_path_factory.mktemp("zero")
+    # 1. Two ranks: training equality at every stage, selection on real partitions, resume,
+    #    and the checkpoint the resharding launches read.
+    _run([_torchrun(2, "train,select,resume,reshard_save", workdir, "two",
+                    ("--train-configs", ",".join(TRAIN_CONFIGS)))], workdir / "two.log")
+    # 2. One rank: resume the two-rank checkpoint, then save one of its own.
+    _run([_torchrun(1, "reshard_load_from_2,reshard_save,refusals,fp16_overflow", workdir, "one")],
+         workdir / "one.log")
+    # 3. Three ranks: selection again, and 2 -> 3 resharding.
+    _run([_torchrun(3, "select,reshard_load_from_2", workdir, "three")], workdir / "three.log")
+    # 4. DeepSpeed's own launcher, two ranks: 1 -> 2 resharding.
+    _run([["deepspeed", "--num_accelerators", "2", "--master_port", str(_free_port()), str(WORKER), "--scenarios",
+           "reshard_load_from_1", "--workdir", str(workdir), "--out", str(workdir / "launcher.json")]],
+         workdir / "launcher.log")
+    # 5. Two "nodes" of one process each, rendezvous on loopback, as on a real cluster.
+    port = _free_port()
+    nodes = [[sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",
+              "--master_addr=127.0.0.1", f"--master_port={port}", str(WORKER), "--scenarios", "train",
+              "--train-configs", "2-dst_ee,3-rigl", "--workdir", str(workdir), "--out", str(workdir / "nodes.json")]
+             for rank in (0, 1)]
+    _run(nodes, workdir / "nodes.log")
+    merged = {}
+    for name in ("two", "one", "three", "launcher", "nodes"):
+        for key, value in json.loads((workdir / f"{name}.json").read_text()).items():
+            merged[f"{name}:{key}"] = value
+    return merged
+
+
+@pytest.mark.parametrize("config", TRAIN_CONFIGS)
+def test_sparsity_exact_every_step_and_low_precision_zero(results, config):
+    entry = results[f"two:train/{config}"]
+    assert entry["violations"] == {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
+    assert entry["steps"] == 200 and entry["updates"] == 15
+    assert entry["density"] == pytest.approx(0.15, abs=0.01)
+
+
+@pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if "bf16" not in c])
+def test_masks_and_counters_equal_single_process(results, config):
+    entry = results[f"two:train/{config}"]
+    assert entry["masks_equal"] and entry["counters_equal"]
+    assert entry["max_weight_diff"] <= 1e-6
+    assert entry["exploration"] == entry["reference_exploration"]
+
+
+def test_partitioned_stages_hold_only_their_share(results):
+    total = 48 * 12 + 32 * 48 + 4 * 32
+    for stage in (1, 2, 3):
+        held = sum(results[f"two:train/{stage}-dst_ee"]["local_numel"].values())
+        assert held <= total // 2 + 64, (stage, held)  # ZeRO pads partitions a little
+    assert sum(results["two:train/0-dst_ee"]["local_numel"].values()) == total  # ZeRO-0 replicates
+
+
+def test_dst_ee_explores_more_than_rigl(results):
+    assert results["two:train/2-dst_ee"]["exploration"] > results["two:train/2-rigl"]["exploration"] + 0.1
+
+
+@pytest.mark.parametrize("key", ["two:select/stage2/world2", "two:select/stage3/world2", "three:select/stage2/world3",
+                                 "three:select/stage3/world3"])
+def test_distributed_selection_equals_single_process(results, key):
+    assert results[key]["mismatches"] == 0
+    assert results[key]["straddling_layers"] >= 1  # some layer is split between ranks
+
+
+@pytest.mark.parametrize("case", ["1-dst_ee", "1-rigl", "2-dst_ee", "2-rigl", "3-dst_ee", "3-rigl"])
+def test_resume_is_bitwise(results, case):
+    assert results[f"two:resume/{case}"] == {"loaded": True, "resumed_step": 75, "masks_equal": True,
+                                             "counters_equal": True, "weights_equal": True}
+
+
+@pytest.mark.parametrize("key", ["one:reshard/2->1", "three:reshard/2->3", "launcher:reshard/1->2"])
+def test_resume_at_another_world_size(results, key):
+    assert results[key] == {"loaded_step": 60, "masks_at_load_equal": True, "masks_equal": True,
+                            "counters_equal": True}
+
+
+@pytest.mark.parametrize("config", ["2-dst_ee", "3-rigl"])
+def test_two_node_launch_equals_single_process(results, config):
+    entry = results[f"nodes:train/{config}"]
+    assert entry["masks_equal"] and entry["counters_equal"] and entry["max_weight_diff"] <= 1e-6
+
+
+@pytest.mark.parametrize("case, words", [("round_robin", "round_robin_gradients"), ("offload", "offload_optimizer"),
+                                         ("bad_recipe", "recipe key 'sparsity'")])
+def test_unsupported_options_are_refused_before_training(results, case, words):
+    assert words in results[f"one:refusal/{case}"]
+
+
+def test_fp16_overflow_step_is_no_step(results):
+    if "one:fp16/unsupported" in results:
+        pytest.skip(results["one:fp16/unsupported"] + " (checked on GPU machines only)")
+    for stage in (1, 2, 3):
+        entry = results[f"one:fp16/{stage}"]
+        assert entry["skipped"] >= 2 and entry["sparse_steps"] == entry["engine_steps"] - entry["skipped"]
+        # the update falls on the 10th real step, i.e. the 12th call, not on a skipped one
+        assert entry["updates_after_step"][9:12] == [0, 0, 1]
+        assert entry["low_precision_nonzero"] == 0
