@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--sparsity", type=float, default=0.9)
     demo.add_argument("--epochs", type=int, default=20)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--deepspeed_config", help="DeepSpeed JSON config; run under `deepspeed` or `torchrun`")
+    demo.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
 
     args = parser.parse_args(argv)
     try:
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from gsparse.demo import run_demo
 
-            run_demo(recipe=args.recipe, epochs=args.epochs, sparsity=args.sparsity, seed=args.seed)
+            run_demo(recipe=args.recipe, epochs=args.epochs, sparsity=args.sparsity, seed=args.seed,
+                     deepspeed_config=args.deepspeed_config)
     except (RecipeError, FileNotFoundError) as error:
         print(f"gsparse: error: {error}", file=sys.stderr)
         return 2

@@ -83,9 +83,11 @@ class SparseEngine:
         ]
         chosen = select_top_k(scores, [None] * len(scores), [l.spec.active_count for l in self.layers],
                               self.backend.communicator)
-        for layer, mask in zip(self.layers, chosen):
+        for index, (layer, mask) in enumerate(zip(self.layers, chosen)):
             layer.mask = mask
             layer.counter = mask.to(torch.uint8)
+            # Attaching to a trained optimizer (a dense warm start) must not leave momentum behind.
+            self.backend.reset_optimizer_state(index, ~mask)
         self.backend.mask_weights(list(enumerate(self.masks)))
         self.backend.sync_weights()
 

@@ -55,12 +55,21 @@ class LocalSlice:
 
 
 def order_keys(scores: torch.Tensor) -> torch.Tensor:
-    """Map float scores to int64 keys in ``[0, 2**32)`` whose integer order is the float order."""
+    """Map float scores to int32 keys whose signed integer order is the float order.
+
+    ``-0.0`` and ``0.0`` get the same key; NaN gets the smallest key of all.
+    """
     scores = scores.detach().to(torch.float32) + 0.0  # +0.0 turns -0.0 into 0.0
-    bits = scores.view(torch.int32).to(torch.int64)
-    keys = torch.where(bits >= 0, bits + (1 << 31), -1 - bits)
-    # Key 0 belongs to a NaN bit pattern only, so NaN can take it and rank below -inf.
-    return torch.where(torch.isnan(scores), 0, keys)
+    bits = scores.view(torch.int32)
+    # Negative floats order backwards by their bits: flip all bits but the sign.
+    keys = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return keys.masked_fill_(torch.isnan(scores), torch.iinfo(torch.int32).min)
+
+
+def _digits(keys: torch.Tensor, shift: int) -> torch.Tensor:
+    """Byte ``shift // 8`` of the keys as unsigned order (the sign bit flipped in the top byte)."""
+    digits = (keys >> shift) & (_NUM_BUCKETS - 1)
+    return digits ^ (_NUM_BUCKETS // 2) if shift == _SHIFTS[0] else digits
 
 
 def select_top_k(
@@ -85,80 +94,80 @@ def select_top_k(
     """
     communicator = communicator or LocalCommunicator()
     num_layers = len(scores)
-    selected = [torch.zeros(s.numel(), dtype=torch.bool, device=s.device) for s in scores]
-    candidate_keys: list[torch.Tensor] = []
-    candidate_positions: list[torch.Tensor] = []
-    for layer_scores, layer_eligible in zip(scores, eligible):
-        keys = order_keys(layer_scores.reshape(-1))
-        if layer_eligible is None:
-            positions = torch.arange(keys.numel(), device=keys.device)
-        else:
-            positions = torch.nonzero(layer_eligible.reshape(-1), as_tuple=True)[0]
-            keys = keys[positions]
-        candidate_keys.append(keys)
-        candidate_positions.append(positions)
-
-    device = scores[0].device if num_layers else torch.device("cpu")
-    still_needed = torch.tensor(list(k), dtype=torch.int64, device=device)
     if num_layers == 0:
-        return selected
+        return []
+    device = scores[0].device
+    keys = [order_keys(layer_scores.reshape(-1)) for layer_scores in scores]
+    # The running set per layer: eligible positions whose key prefix equals the threshold so far.
+    # It starts as a whole-layer mask (scores often share their top bytes, e.g. a bonus plus small
+    # gradients, so early passes keep most positions) and becomes a list of positions with their
+    # keys once few enough remain that gathering them is cheaper than rescanning the layer.
+    candidates = [torch.ones_like(k_, dtype=torch.bool) if e is None else e.reshape(-1).clone()
+                  for k_, e in zip(keys, eligible)]
+    positions: list[torch.Tensor | None] = [None] * num_layers
+    selected = [torch.zeros_like(c) for c in candidates]
+    still_needed = torch.tensor(list(k), dtype=torch.int64, device=device)
+    histogram = torch.zeros(num_layers, _NUM_BUCKETS + 1, dtype=torch.int64, device=device)
     for shift in _SHIFTS:
-        histogram = torch.zeros(num_layers, _NUM_BUCKETS, dtype=torch.int64, device=device)
+        histogram.zero_()
         digits = []
-        for layer, keys in enumerate(candidate_keys):
-            layer_digits = (keys >> shift) & (_NUM_BUCKETS - 1)
+        for layer in range(num_layers):
+            layer_digits = _digits(keys[layer], shift)
+            if positions[layer] is None:
+                # Positions out of the running go to an extra bucket that is never counted.
+                layer_digits.masked_fill_(~candidates[layer], _NUM_BUCKETS)
             digits.append(layer_digits)
             if layer_digits.numel():
-                histogram[layer] = torch.bincount(layer_digits, minlength=_NUM_BUCKETS)
-        communicator.all_reduce_sum(histogram)
+                histogram[layer] = torch.bincount(layer_digits, minlength=_NUM_BUCKETS + 1)
+        counts = histogram[:, :_NUM_BUCKETS].contiguous()
+        communicator.all_reduce_sum(counts)
         if shift == _SHIFTS[0]:
-            available = histogram.sum(dim=1)
+            available = counts.sum(dim=1)
             short = torch.nonzero(available < still_needed, as_tuple=True)[0]
             if short.numel():
                 layer = int(short[0])
-                raise ValueError(
-                    f"layer {layer}: asked to select {int(still_needed[layer])} positions "
-                    f"but only {int(available[layer])} are eligible"
-                )
+                raise ValueError(f"layer {layer}: asked to select {int(still_needed[layer])} positions "
+                                 f"but only {int(available[layer])} are eligible")
         # Per layer, the digit d at which the running count (from the top bucket down) reaches
         # the number still needed: buckets above d are taken whole, bucket d is refined next pass.
-        descending = histogram.flip(1)
+        descending = counts.flip(1)
         running = descending.cumsum(1)
-        first_reaching = torch.searchsorted(running, still_needed.clamp(min=1).unsqueeze(1)).squeeze(1)
-        first_reaching = first_reaching.clamp(max=_NUM_BUCKETS - 1)
-        threshold_digit = (_NUM_BUCKETS - 1) - first_reaching
-        taken_above = (running.gather(1, first_reaching.unsqueeze(1)) - descending.gather(1, first_reaching.unsqueeze(1))).squeeze(1)
+        first_reaching = torch.searchsorted(running, still_needed.clamp(min=1).unsqueeze(1)).clamp(max=_NUM_BUCKETS - 1)
+        taken_above = (running.gather(1, first_reaching) - descending.gather(1, first_reaching)).squeeze(1)
         done = still_needed == 0
-        taken_above = torch.where(done, 0, taken_above)
-        threshold_list = threshold_digit.tolist()
-        done_list = done.tolist()
-        for layer in range(num_layers):
-            if done_list[layer]:
-                candidate_keys[layer] = candidate_keys[layer][:0]
-                candidate_positions[layer] = candidate_positions[layer][:0]
-                continue
-            layer_digits = digits[layer]
-            above = layer_digits > threshold_list[layer]
-            selected[layer][candidate_positions[layer][above]] = True
-            at_threshold = layer_digits == threshold_list[layer]
-            candidate_keys[layer] = candidate_keys[layer][at_threshold]
-            candidate_positions[layer] = candidate_positions[layer][at_threshold]
-        still_needed = still_needed - taken_above
+        still_needed = still_needed - torch.where(done, 0, taken_above)
+        thresholds = ((_NUM_BUCKETS - 1) - first_reaching.squeeze(1)).tolist()
+        remaining_here = histogram.gather(1, ((_NUM_BUCKETS - 1) - first_reaching)).squeeze(1).tolist()
+        for layer, layer_done in enumerate(done.tolist()):
+            layer_digits, threshold = digits[layer], thresholds[layer]
+            if layer_done:
+                candidates[layer] = torch.zeros_like(candidates[layer])
+                positions[layer] = torch.zeros(0, dtype=torch.int64, device=device)
+                keys[layer] = keys[layer][:0]
+            elif positions[layer] is None:
+                selected[layer] |= (layer_digits > threshold) & candidates[layer]
+                torch.eq(layer_digits, threshold, out=candidates[layer])
+                if remaining_here[layer] * 8 < candidates[layer].numel():
+                    positions[layer] = torch.nonzero(candidates[layer], as_tuple=True)[0]
+                    keys[layer] = keys[layer][positions[layer]]
+            else:
+                selected[layer][positions[layer][layer_digits > threshold]] = True
+                at_threshold = layer_digits == threshold
+                positions[layer], keys[layer] = positions[layer][at_threshold], keys[layer][at_threshold]
 
     # What is left per layer are positions whose key equals the threshold exactly; take the
     # lowest global indices. Each rank's slice is contiguous and ranks are ordered by index, so
     # a rank's share is what remains after the tie counts of all lower ranks.
+    ties = [torch.nonzero(c, as_tuple=True)[0] if p is None else p for c, p in zip(candidates, positions)]
     tie_counts = torch.zeros(communicator.world_size, num_layers, dtype=torch.int64, device=device)
-    tie_counts[communicator.rank] = torch.tensor(
-        [p.numel() for p in candidate_positions], dtype=torch.int64, device=device
-    )
+    tie_counts[communicator.rank] = torch.tensor([t.numel() for t in ties], dtype=torch.int64, device=device)
     communicator.all_reduce_sum(tie_counts)
     ties_before_me = tie_counts[: communicator.rank].sum(dim=0)
     my_share = (still_needed - ties_before_me).clamp(min=0).tolist()
     for layer in range(num_layers):
-        take = min(my_share[layer], candidate_positions[layer].numel())
+        take = min(my_share[layer], ties[layer].numel())
         if take:
-            selected[layer][candidate_positions[layer][:take]] = True
+            selected[layer][ties[layer][:take]] = True
     return selected
 
 
@@ -167,14 +176,14 @@ def reference_top_k(scores: torch.Tensor, eligible: torch.Tensor | None, k: int)
 
     Used by tests and as documentation of the rule; O(n log n) and single process only.
     """
-    keys = order_keys(scores.reshape(-1))
+    keys = order_keys(scores.reshape(-1)).to(torch.int64)
     index = torch.arange(keys.numel(), device=keys.device)
-    # Sort by key descending, then index ascending: composite key fits in int64.
+    # Sort by key descending, then index ascending: the composite fits in int64.
     composite = keys * (1 << 31) + ((1 << 31) - 1 - index) if keys.numel() < (1 << 31) else None
     if composite is None:  # pragma: no cover - tensors that large are not used in tests
         raise ValueError("reference_top_k supports tensors of fewer than 2**31 elements")
     if eligible is not None:
-        composite = torch.where(eligible.reshape(-1), composite, torch.full_like(composite, -1))
+        composite = torch.where(eligible.reshape(-1), composite, torch.iinfo(torch.int64).min)
     selected = torch.zeros(keys.numel(), dtype=torch.bool, device=keys.device)
     if k:
         selected[torch.topk(composite, k).indices] = True

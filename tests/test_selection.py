@@ -34,7 +34,7 @@ def test_order_keys_strictly_increasing_on_sorted_special_values():
     keys = order_keys(torch.tensor(values, dtype=torch.float32)).tolist()
     assert keys == sorted(keys)
     assert len(set(keys)) == len(keys)
-    assert all(0 <= key < 2 ** 32 for key in keys)
+    assert all(-2 ** 31 <= key < 2 ** 31 for key in keys)
 
 
 def test_order_keys_negative_zero_equals_zero():

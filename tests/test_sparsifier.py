@@ -261,3 +261,16 @@ def test_parameters_outside_the_optimizer_are_refused():
     optimizer = torch.optim.SGD(list(model.parameters())[:2], lr=0.1)
     with pytest.raises(ValueError, match="not in the optimizer"):
         gsparse.Sparsifier(model, optimizer, recipe("rigl"))
+
+
+def test_attaching_to_a_warm_optimizer_clears_state_of_inactive_weights():
+    model = small_mlp()
+    optimizer = make_optimizer("adamw", model)
+    for step in range(1, 4):  # dense warm start: Adam moments everywhere
+        train_step(model, optimizer, step)
+    sparsifier = gsparse.Sparsifier(model, optimizer, recipe("static"))
+    params = dict(model.named_parameters())
+    for name, mask in sparsifier.masks.items():
+        state = optimizer.state[params[name]]
+        assert torch.all(state["exp_avg"][~mask] == 0) and torch.all(state["exp_avg_sq"][~mask] == 0)
+        assert torch.any(state["exp_avg"][mask] != 0)

@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from gsparse.engine import SparseEngine
 
 
+def zero_inactive_(tensor: torch.Tensor, mask: torch.Tensor) -> None:
+    """``tensor *= mask`` in place. Multiplying by the uint8 view is ~3x faster than by a bool
+    tensor on CPU (the hot path: every gradient and weight, every step)."""
+    tensor.mul_(mask.view(torch.uint8))
+
+
 class Backend(ABC):
     communicator: Communicator
 

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from gsparse.backends.base import Backend
+from gsparse.backends.base import Backend, zero_inactive_
 from gsparse.selection import LocalCommunicator, LocalSlice
 
 
@@ -35,12 +35,12 @@ class TorchBackend(Backend):
         for layer, mask in masks:
             grad = self.params[layer].grad
             if grad is not None:
-                grad.mul_(mask.view(grad.shape))
+                zero_inactive_(grad, mask.view(grad.shape))
 
     @torch.no_grad()
     def mask_weights(self, masks: Sequence[tuple[int, torch.Tensor]]) -> None:
         for layer, mask in masks:
-            self.params[layer].mul_(mask.view(self.params[layer].shape))
+            zero_inactive_(self.params[layer], mask.view(self.params[layer].shape))
 
     def reset_optimizer_state(self, layer: int, positions: torch.Tensor) -> None:
         param = self.params[layer]

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from gsparse.backends.base import Backend
+from gsparse.backends.base import Backend, zero_inactive_
 from gsparse.selection import LocalSlice
 
 
@@ -33,8 +33,10 @@ class ProcessGroupCommunicator:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
+        self.bytes_reduced = 0  # payload of all sparse-state collectives so far (monitoring, benchmarks)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> None:
+        self.bytes_reduced += tensor.numel() * tensor.element_size()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
 
 
@@ -88,12 +90,12 @@ class FlatPartitionBackend(Backend):
         for layer, mask in masks:
             grad = self.flats[self.pieces[layer].flat].grad
             if grad is not None:
-                self._range(grad, layer).mul_(mask)
+                zero_inactive_(self._range(grad, layer), mask)
 
     @torch.no_grad()
     def mask_weights(self, masks: Sequence[tuple[int, torch.Tensor]]) -> None:
         for layer, mask in masks:
-            self._range(self.flats[self.pieces[layer].flat], layer).mul_(mask)
+            zero_inactive_(self._range(self.flats[self.pieces[layer].flat], layer), mask)
 
     def reset_optimizer_state(self, layer: int, positions: torch.Tensor) -> None:
         flat = self.flats[self.pieces[layer].flat]
