@@ -15,15 +15,16 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check-recipe", help="validate a recipe YAML and print it with defaults filled in")
     check.add_argument("recipe")
 
-    demo = commands.add_parser("demo", help="sparse-train a small link predictor on the bundled CollegeMsg graph")
-    demo.add_argument("--recipe", help="recipe YAML (default: DST-EE, uniform, sized to the run)")
-    demo.add_argument("--sparsity", type=float, default=0.9)
-    demo.add_argument("--epochs", type=int, default=20)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--deepspeed_config", help="DeepSpeed JSON config; run under `deepspeed` or `torchrun`")
-    demo.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    commands.add_parser("linkpred", add_help=False,
+                        help="train a link predictor (same options as scripts/train_linkpred.py; see --help)")
 
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "linkpred":
+        from gsparse.linkpred.cli import main as linkpred_main
+
+        return linkpred_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "check-recipe":
             from gsparse.recipe import load_recipe
@@ -31,11 +32,6 @@ def main(argv: list[str] | None = None) -> int:
             recipe = load_recipe(args.recipe)
             resolved = {key: value for key, value in vars(recipe).items() if key != "source"}
             print(json.dumps(resolved, default=lambda o: getattr(o, "__dict__", str(o)), indent=2))
-        elif args.command == "demo":
-            from gsparse.demo import run_demo
-
-            run_demo(recipe=args.recipe, epochs=args.epochs, sparsity=args.sparsity, seed=args.seed,
-                     deepspeed_config=args.deepspeed_config)
     except (RecipeError, FileNotFoundError) as error:
         print(f"gsparse: error: {error}", file=sys.stderr)
         return 2
