@@ -74,7 +74,7 @@ def reset_peak_rss() -> float:
     return memory_mib("VmRSS")
 
 
-def measure_load(path: str, remap: bool) -> dict:
+def measure_load(path: str, remap: bool, split: bool = False) -> dict:
     """Run in a fresh process: load once and report time and the rise of the peak RSS."""
     from gsparse.graphs import load_edges, remap_nodes
 
@@ -91,11 +91,20 @@ def measure_load(path: str, remap: bool) -> dict:
         result["remap_seconds"] = round(time.perf_counter() - start, 3)
         result["remapped_num_nodes"] = remapped.num_nodes
         result["peak_rss_mib_with_remap"] = round(memory_mib("VmHWM") - rss_before, 1)
+    if split:
+        from gsparse.linkpred.split import temporal_split
+
+        start = time.perf_counter()
+        parts = temporal_split(edges.src, edges.dst, edges.time, edges.num_nodes, seed=0)
+        result["split_and_negatives_seconds"] = round(time.perf_counter() - start, 3)
+        result["train_val_test_positives"] = [len(parts.train_pos), len(parts.val_pos), len(parts.test_pos)]
+        result["peak_rss_mib_load_split_negatives"] = round(memory_mib("VmHWM") - rss_before, 1)
     return result
 
 
-def measure_in_subprocess(path: Path, remap: bool) -> dict:
-    command = [sys.executable, __file__, "--measure", str(path)] + (["--remap"] if remap else [])
+def measure_in_subprocess(path: Path, remap: bool, split: bool = False) -> dict:
+    command = [sys.executable, __file__, "--measure", str(path)] + (["--remap"] if remap else []) \
+        + (["--split"] if split else [])
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output)
 
@@ -105,10 +114,11 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=WIKI_TALK_LINES)
     parser.add_argument("--gzip", action="store_true", help="also time a gzip-compressed copy")
     parser.add_argument("--remap", action="store_true", help="also time remap_nodes")
+    parser.add_argument("--split", action="store_true", help="also time the temporal split with negatives")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure_load(args.measure, args.remap)))
+        print(json.dumps(measure_load(args.measure, args.remap, args.split)))
         return
 
     with tempfile.TemporaryDirectory() as folder:
@@ -117,7 +127,7 @@ def main() -> None:
         write_snap_file(path, args.lines)
         report = {"lines": args.lines, "file_mib": round(path.stat().st_size / 2 ** 20, 1),
                   "write_seconds": round(time.perf_counter() - start, 2),
-                  **measure_in_subprocess(path, args.remap)}
+                  **measure_in_subprocess(path, args.remap, args.split)}
         if args.gzip:
             compressed = path.with_suffix(".txt.gz")
             with open(path, "rb") as source, gzip.open(compressed, "wb", compresslevel=6) as target:
