@@ -37,6 +37,7 @@ class LinkPredConfig:
 
     dataset: str = "collegemsg"  # a dataset card name (graphs/*.yaml) or an edge-list path
     data_dir: str | None = None
+    remap: bool = False  # map node ids to 0..n-1 (default: ids as in the file, num_nodes = max id + 1)
     split: str = "temporal"  # temporal (the paper's protocol) | random
     features: str = "gnn"  # gnn: PyG encoder on the training graph | walks: temporal walks + skip-gram
     encoder: str = "sage"  # sage | gcn
@@ -96,7 +97,7 @@ def _load_split(config: LinkPredConfig):
     from gsparse.graphs import load_dataset
     from gsparse.linkpred.split import random_split, temporal_split
 
-    edges = load_dataset(config.dataset, data_dir=config.data_dir)
+    edges = load_dataset(config.dataset, data_dir=config.data_dir, remap=config.remap)
     if config.split == "temporal":
         split = temporal_split(edges.src, edges.dst, edges.time, edges.num_nodes, seed=config.seed)
     else:
