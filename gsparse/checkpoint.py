@@ -59,13 +59,14 @@ def load_shards(engine: SparseEngine, directory: str | Path, rank: int, world_si
 
 def _reshard(engine: SparseEngine, shards: list[Path]) -> dict:
     pieces = {layer.spec.name: layer for layer in engine.layers}
-    masks = {name: torch.zeros_like(layer.mask) for name, layer in pieces.items()}
-    counters: dict[str, torch.Tensor] = {}
+    keys = {name: list(layer.per_weight_state()) for name, layer in pieces.items()}  # mask, counter, extras
+    restored: dict[str, dict[str, torch.Tensor]] = {name: {} for name in pieces}
     covered = dict.fromkeys(pieces, 0)
-    header = None
+    header, actives = None, {}
     for path in shards:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        header = header or {key: state[key] for key in ("step", "num_updates", "seed")}
+        header = header or {key: state.get(key) for key in ("step", "num_updates", "seed", "active_weight_steps",
+                                                            "method_state")}
         missing = set(pieces) - set(state["layers"])
         if missing:
             raise ValueError(f"{path} has no state for sparse layers {sorted(missing)}")
@@ -73,19 +74,22 @@ def _reshard(engine: SparseEngine, shards: list[Path]) -> dict:
             saved = state["layers"][name]
             if tuple(saved["shape"]) != tuple(layer.spec.shape):
                 raise ValueError(f"{path}: '{name}' has shape {tuple(saved['shape'])}, the model {tuple(layer.spec.shape)}")
-            if name not in counters:
-                counters[name] = torch.zeros(layer.mask.numel(), dtype=saved["counter"].dtype)
+            actives[name] = saved["active"]
+            for key in keys[name]:
+                if key not in restored[name]:
+                    restored[name][key] = torch.zeros(layer.mask.numel(), dtype=saved[key].dtype)
             begin = max(layer.start, saved["start"])
             end = min(layer.start + layer.mask.numel(), saved["start"] + saved["mask"].numel())
             if end <= begin:
                 continue
             mine, theirs = slice(begin - layer.start, end - layer.start), slice(begin - saved["start"], end - saved["start"])
-            masks[name][mine] = saved["mask"][theirs].to(masks[name].device)
-            counters[name][mine] = saved["counter"][theirs]
+            for key in keys[name]:
+                restored[name][key][mine] = saved[key][theirs]
             covered[name] += end - begin
         del state
     short = [name for name, layer in pieces.items() if covered[name] != layer.mask.numel()]
     if short:
         raise ValueError(f"the shard files do not cover this rank's piece of {short}")
-    return {**header, "layers": {name: {"shape": tuple(layer.spec.shape), "start": layer.start, "mask": masks[name],
-                                        "counter": counters[name]} for name, layer in pieces.items()}}
+    return {**header, "layers": {name: {"shape": tuple(layer.spec.shape), "start": layer.start,
+                                        "active": actives[name], **restored[name]}
+                                 for name, layer in pieces.items()}}

@@ -1,14 +1,19 @@
 """The shared mask engine: masks, counters, drop/grow updates, metrics and checkpoints.
 
 One engine serves every method and every backend. Per sparse layer it keeps, for this process's
-piece of the layer only, a bool ``mask`` and a ``counter`` of how many mask states had each
-weight active (the DST-EE counter ``N``; ``counter > 0`` marks explored weights).
+piece of the layer only, a bool ``mask``, a ``counter`` of how many mask states had each weight
+active (the DST-EE counter ``N``; ``counter > 0`` marks explored weights) and any per-weight state
+the method declares (ADMM's ``Z`` and ``U``).
+
+The number of active weights of a layer follows the method's pruned fraction ``f(t)``:
+``active = numel - round(f(t) * (numel - target))``, ``target`` being the recipe's count. Sparse
+from scratch (DST) is ``f = 1`` throughout; prune-from-dense methods start dense (``f = 0``).
 """
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -44,6 +49,11 @@ class LayerState:
     start: int  # global flat index of this process's first element of the layer
     mask: torch.Tensor
     counter: torch.Tensor
+    active: int = 0  # global number of active weights (exact: every selection is exact)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's per-weight state
+
+    def per_weight_state(self) -> dict[str, torch.Tensor]:
+        return {"mask": self.mask, "counter": self.counter, **self.extra}
 
 
 class SparseEngine:
@@ -62,6 +72,7 @@ class SparseEngine:
         self.step = 0
         self.num_updates = 0
         self.last_update: dict[str, Any] | None = None
+        self.active_weight_steps = 0  # sum over steps of the active weights: training FLOPs follow it
         self._updating = False
         self._grown: dict[int, int] = {}
         self.layers = [self._initial_layer(index, spec) for index, spec in enumerate(specs)]
@@ -71,9 +82,17 @@ class SparseEngine:
 
     def _initial_layer(self, index: int, spec: SparseParamSpec) -> LayerState:
         local = self.backend.local_slice(index)
-        device = self.backend.weight(index).device
-        return LayerState(spec, local.start, torch.zeros(local.length, dtype=torch.bool, device=device),
-                          torch.zeros(local.length, dtype=torch.uint8, device=device))
+        weight = self.backend.weight(index)
+        state = LayerState(spec, local.start, torch.zeros(local.length, dtype=torch.bool, device=weight.device),
+                           torch.zeros(local.length, dtype=torch.uint8, device=weight.device))
+        state.extra = {name: torch.zeros(local.length, dtype=dtype, device=weight.device)
+                       for name, dtype in self.method.per_weight_state.items()}
+        return state
+
+    def active_target(self, layer: LayerState, step: int) -> int:
+        """How many weights of ``layer`` are active at ``step`` under the method's schedule."""
+        fraction = self.method.pruned_fraction(step, self.schedule)
+        return layer.spec.numel - round_half_up(fraction * (layer.spec.numel - layer.spec.active_count))
 
     def _select_initial_masks(self) -> None:
         scores = [
@@ -81,10 +100,10 @@ class SparseEngine:
                             layer.mask.numel(), layer.mask.device)
             for layer in self.layers
         ]
-        chosen = select_top_k(scores, [None] * len(scores), [l.spec.active_count for l in self.layers],
-                              self.backend.communicator)
-        for index, (layer, mask) in enumerate(zip(self.layers, chosen)):
-            layer.mask = mask
+        counts = [self.active_target(layer, 0) for layer in self.layers]
+        chosen = select_top_k(scores, [None] * len(scores), counts, self.backend.communicator)
+        for index, (layer, mask, count) in enumerate(zip(self.layers, chosen, counts)):
+            layer.mask, layer.active = mask, count
             layer.counter = mask.to(torch.uint8)
             # Attaching to a trained optimizer (a dense warm start) must not leave momentum behind.
             self.backend.reset_optimizer_state(index, ~mask)
@@ -103,11 +122,18 @@ class SparseEngine:
     def start_step(self) -> None:
         """A new optimizer step begins (steps are counted from 1)."""
         self.step += 1
-        self._updating = self.method.updates_mask and self.schedule.is_update_step(self.step)
-        self._grown: dict[int, int] = {}
+        self._updating = self.method.updates_mask and self.method.is_update_step(self.step, self.schedule)
+        self._grown = {}
 
     def before_layers_step(self, layers: Sequence[int]) -> None:
         """Update the masks of ``layers`` if this is an update step, then mask their gradients."""
+        layers = list(layers)
+        if self.method.shapes_gradients:
+            views = [self._view(index) for index in layers]
+            terms = self.method.gradient_terms(views, self._selector)
+            for index, term in zip(layers, terms):
+                if term is not None:
+                    self.backend.add_to_gradient(index, term)
         if self._updating:
             self._update_layers(layers)
         self.backend.mask_gradients([(index, self.layers[index].mask) for index in layers])
@@ -118,9 +144,15 @@ class SparseEngine:
 
     def finish_step(self) -> None:
         """All layers have stepped; record the update's metrics (a collective on update steps)."""
+        self.active_weight_steps += sum(layer.active for layer in self.layers)
         if self._updating:
             self._record_update()
         self._updating = False
+
+    def _selector(self, scores: Sequence[torch.Tensor], eligible: Sequence[torch.Tensor | None],
+                  k: Sequence[int]) -> list[torch.Tensor]:
+        """Exact top-k over whatever pieces this process holds (given to methods that select)."""
+        return select_top_k(scores, eligible, k, self.backend.communicator)
 
     # ---- drop and grow ---------------------------------------------------------------------
 
@@ -141,26 +173,34 @@ class SparseEngine:
         if self.method.needs_grad and any(view.grad is None for view in views):
             raise RuntimeError(f"method '{self.method.name}' needs gradients at step {self.step}, but a sparse "
                                "parameter has none: call backward() before optimizer.step()")
-        drop_fraction = self.schedule.drop_fraction_at(self.step)
-        k = [min(round_half_up(drop_fraction * s.spec.active_count), s.spec.numel - s.spec.active_count)
-             for s in states]
         communicator = self.backend.communicator
         masks = [s.mask for s in states]
-        dropped = select_top_k([-self.method.drop_score(v) for v in views], masks, k, communicator)
-        if self.method.regrow_dropped:
-            grow_eligible = [~(mask & ~drop) for mask, drop in zip(masks, dropped)]
+        if self.method.grows:
+            drop_fraction = self.schedule.drop_fraction_at(self.step)
+            k_drop = [min(round_half_up(drop_fraction * s.active), s.spec.numel - s.active) for s in states]
+            k_grow = k_drop
+        else:  # prune towards the schedule's target, grow nothing
+            k_drop = [max(s.active - self.active_target(s, self.step), 0) for s in states]
+            k_grow = [0] * len(states)
+        dropped = select_top_k([-self.method.drop_score(v) for v in views], masks, k_drop, communicator)
+        if not self.method.grows:
+            grown = [torch.zeros_like(mask) for mask in masks]
         else:
-            grow_eligible = [~mask for mask in masks]
-        grown = select_top_k([self.method.grow_score(v) for v in views], grow_eligible, k, communicator)
+            if self.method.regrow_dropped:
+                grow_eligible = [~(mask & ~drop) for mask, drop in zip(masks, dropped)]
+            else:
+                grow_eligible = [~mask for mask in masks]
+            grown = select_top_k([self.method.grow_score(v) for v in views], grow_eligible, k_grow, communicator)
 
         counter_dtype = counter_dtype_for(self.num_updates + 2)  # the bound after this update
-        for index, state, drop, grow, layer_k in zip(layers, states, dropped, grown, k):
+        for index, state, drop, grow, dropped_count, grown_count in zip(layers, states, dropped, grown, k_drop, k_grow):
             state.mask = (state.mask & ~drop) | grow
+            state.active += grown_count - dropped_count
             if state.counter.dtype != counter_dtype:
                 state.counter = state.counter.to(counter_dtype)
             state.counter += state.mask
             self.backend.reset_optimizer_state(index, drop | grow)
-            self._grown[index] = layer_k
+            self._grown[index] = max(grown_count, dropped_count)
         self.backend.mask_weights([(index, self.layers[index].mask) for index in layers])
 
     def _record_update(self) -> dict[str, Any]:
@@ -169,7 +209,7 @@ class SparseEngine:
         grown = [self._grown.get(index, 0) for index in range(len(self.layers))]
         metrics = self.metrics()
         metrics.update(step=self.step, drop_fraction=drop_fraction,
-                       mask_change=_safe_ratio(sum(grown), sum(layer.spec.active_count for layer in self.layers)))
+                       mask_change=_safe_ratio(sum(grown), sum(layer.active for layer in self.layers)))
         self.last_update = {"step": self.step, "drop_fraction": drop_fraction, "grown": grown, "metrics": metrics}
         logger.info("mask update %d at step %d: drop_fraction=%.4f exploration=%.4f", self.num_updates, self.step,
                     drop_fraction, metrics["exploration_degree"])
@@ -179,7 +219,8 @@ class SparseEngine:
         layer = self.layers[index]
         return LayerView(name=layer.spec.name, step=self.step, weight=self.backend.weight(index), mask=layer.mask,
                          counter=layer.counter, grad=self.backend.grad(index) if self.method.needs_grad else None,
-                         global_start=layer.start, seed=self.seed)
+                         global_start=layer.start, seed=self.seed, state=layer.extra,
+                         target_active=layer.spec.active_count)
 
     # ---- metrics ---------------------------------------------------------------------------
 
@@ -207,9 +248,11 @@ class SparseEngine:
             "step": self.step,
             "num_updates": self.num_updates,
             "seed": self.seed,
+            "active_weight_steps": self.active_weight_steps,
+            "method_state": self.method.state_dict(),
             "layers": {
-                layer.spec.name: {"shape": tuple(layer.spec.shape), "start": layer.start,
-                                  "mask": layer.mask.clone(), "counter": layer.counter.clone()}
+                layer.spec.name: {"shape": tuple(layer.spec.shape), "start": layer.start, "active": layer.active,
+                                  **{key: value.clone() for key, value in layer.per_weight_state().items()}}
                 for layer in self.layers
             },
         }
@@ -224,11 +267,20 @@ class SparseEngine:
             if tuple(entry["shape"]) != tuple(layer.spec.shape) or entry["start"] != layer.start \
                     or entry["mask"].numel() != layer.mask.numel():
                 raise ValueError(f"checkpoint piece of '{layer.spec.name}' does not match this process's piece")
-            layer.mask = entry["mask"].to(device=layer.mask.device, dtype=torch.bool).clone()
-            layer.counter = entry["counter"].to(layer.mask.device).clone()
+            missing = set(layer.extra) - set(entry)
+            if missing:
+                raise ValueError(f"checkpoint of '{layer.spec.name}' lacks the method's state {sorted(missing)}")
+            device = layer.mask.device
+            layer.mask = entry["mask"].to(device=device, dtype=torch.bool).clone()
+            layer.counter = entry["counter"].to(device).clone()
+            layer.extra = {key: entry[key].to(device=device, dtype=value.dtype).clone()
+                           for key, value in layer.extra.items()}
+            layer.active = int(entry["active"])
         self.step = int(state["step"])
         self.num_updates = int(state["num_updates"])
         self.seed = int(state["seed"])
+        self.active_weight_steps = int(state.get("active_weight_steps", 0))
+        self.method.load_state_dict(state.get("method_state", {}))
         self.backend.mask_weights(list(enumerate(self.masks)))
         self.backend.sync_weights()
 

@@ -5,7 +5,7 @@ Every key is checked before training starts; a bad key or value raises one
 
 .. code-block:: yaml
 
-    method: dst_ee                # dst_ee | rigl | set | static
+    method: dst_ee                # dst_ee | rigl | set | static | gmp | admm
     sparsity: 0.9                 # fraction of zeros over the sparse parameters, in [0, 1)
     distribution: erk             # uniform | er | erk
     erk_power_scale: 1.0
@@ -125,6 +125,8 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
     params = ParamSelection(**resolve_options(top["params"], _PARAMS_OPTIONS, "params."))
     schedule_args = resolve_options(top["schedule"], _SCHEDULE_OPTIONS, "schedule.")
     schedule = _build_schedule(schedule_args)
+    if METHODS[top["method"]].needs_last_update_step and schedule.last_update_step is None:
+        raise RecipeError("schedule.last_update_step", f"method '{top['method']}' needs it (the end of its schedule)")
     method_args = resolve_options(top["method_args"], METHODS[top["method"]].options, "method_args.")
     return Recipe(
         method=top["method"], sparsity=top["sparsity"], distribution=top["distribution"],

@@ -43,6 +43,10 @@ class Backend(ABC):
         """Zero the gradients of inactive weights of the given ``(layer, local mask)`` pairs."""
 
     @abstractmethod
+    def add_to_gradient(self, layer: int, term: torch.Tensor) -> None:
+        """Add ``term`` (1-D float32, this process's piece) to the layer's gradient."""
+
+    @abstractmethod
     def mask_weights(self, masks: Sequence[tuple[int, torch.Tensor]]) -> None:
         """Zero inactive weights (master and low-precision copies) of the given layers."""
 

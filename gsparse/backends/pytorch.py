@@ -37,6 +37,10 @@ class TorchBackend(Backend):
             if grad is not None:
                 zero_inactive_(grad, mask.view(grad.shape))
 
+    def add_to_gradient(self, layer: int, term: torch.Tensor) -> None:
+        grad = self.params[layer].grad
+        grad.add_(term.view(grad.shape).to(grad.dtype))
+
     @torch.no_grad()
     def mask_weights(self, masks: Sequence[tuple[int, torch.Tensor]]) -> None:
         for layer, mask in masks:

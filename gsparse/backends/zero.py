@@ -92,6 +92,10 @@ class FlatPartitionBackend(Backend):
             if grad is not None:
                 zero_inactive_(self._range(grad, layer), mask)
 
+    def add_to_gradient(self, layer: int, term: torch.Tensor) -> None:
+        grad = self.flats[self.pieces[layer].flat].grad
+        self._range(grad, layer).add_(term.to(grad.dtype))
+
     @torch.no_grad()
     def mask_weights(self, masks: Sequence[tuple[int, torch.Tensor]]) -> None:
         for layer, mask in masks:

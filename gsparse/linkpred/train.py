@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import time
 import warnings
@@ -273,6 +274,8 @@ def train_link_prediction(config: LinkPredConfig) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
     first_epoch, history = trainer.load(run_dir) if config.resume else (0, [])
+    if first_epoch == 0 and distributed.rank == 0 and (run_dir / "updates.jsonl").exists():
+        (run_dir / "updates.jsonl").unlink()
     if distributed.rank == 0:
         sparse = trainer.sparsifier
         print(f"{config.dataset}: {split.num_nodes} nodes, {len(edges)} temporal edges; "
@@ -297,6 +300,9 @@ def train_link_prediction(config: LinkPredConfig) -> dict:
             loss = loss_fn(trainer.model(train_pairs[rows], adjacency).float(), train_labels[rows])
             trainer.train_step(loss)
             total_loss += loss.item()
+            update = trainer.sparsifier.last_update if trainer.sparsifier is not None else None
+            if update is not None and update["step"] == trainer.sparsifier.step and distributed.rank == 0:
+                _append_update(run_dir, epoch, update["metrics"])
         validation = _evaluate(trainer.model, parts["val"][0].long(), parts["val"][1], adjacency)
         test = _evaluate(trainer.model, parts["test"][0].long(), parts["test"][1], adjacency)
         row = {"epoch": epoch, "loss": total_loss / steps_per_epoch, "val_accuracy": validation["accuracy"],
@@ -319,6 +325,7 @@ def train_link_prediction(config: LinkPredConfig) -> dict:
         "val_accuracy": best["val_accuracy"], "final_test_accuracy": history[-1]["test_accuracy"],
         "density": history[-1]["density"], "exploration_degree": history[-1]["exploration_degree"],
         "epochs": config.epochs, "world_size": distributed.world_size, "seconds": round(time.time() - started, 1),
+        **_compute_counts(trainer, model, steps_per_epoch * config.epochs, config.batch_size),
         "config": {k: v for k, v in asdict(config).items() if k != "extra"}, **config.extra,
     }
     if distributed.rank == 0:
@@ -326,6 +333,31 @@ def train_link_prediction(config: LinkPredConfig) -> dict:
         print(f"test accuracy {metrics['test_accuracy']:.4f} (AUC {metrics['test_auc']:.4f}) at epoch "
               f"{metrics['best_epoch']}, chosen on validation; metrics in {run_dir / 'metrics.json'}", flush=True)
     return metrics
+
+
+def _compute_counts(trainer: _Trainer, model: torch.nn.Module, total_steps: int, batch_size: int) -> dict:
+    """What training FLOPs follow: weights of the sparse layers, how many were active summed over
+    steps, and the other weight matrices (dense throughout)."""
+    sparse_names = set() if trainer.sparsifier is None else {spec.name for spec in trainer.sparsifier.specs}
+    from gsparse.params import full_shape
+
+    matrices = {name: math.prod(full_shape(p)) for name, p in model.named_parameters()
+                if len(full_shape(p)) >= 2 and not name.startswith("embedding")}
+    sparse_weights = sum(n for name, n in matrices.items() if name in sparse_names)
+    engine = None if trainer.sparsifier is None else trainer.sparsifier.engine
+    return {"total_steps": total_steps, "batch_size": batch_size, "sparse_weights": sparse_weights,
+            "other_weights": sum(n for name, n in matrices.items() if name not in sparse_names),
+            "active_weight_steps": sparse_weights * total_steps if engine is None else engine.active_weight_steps,
+            "num_updates": 0 if engine is None else engine.num_updates,
+            "dense_gradient_updates": 0 if engine is None or not engine.method.needs_grad else engine.num_updates}
+
+
+def _append_update(run_dir: Path, epoch: int, metrics: dict) -> None:
+    """One line per mask update in ``updates.jsonl`` (exploration degree per round: Figure 3)."""
+    row = {"epoch": epoch, "step": metrics["step"], "update": metrics["num_updates"], "density": metrics["density"],
+           "exploration_degree": metrics["exploration_degree"], "mask_change": metrics["mask_change"]}
+    with (run_dir / "updates.jsonl").open("a") as output:
+        output.write(json.dumps(row) + "\n")
 
 
 def _append_log(run_dir: Path, row: dict) -> None:

@@ -28,6 +28,8 @@ class LayerView:
     grad: torch.Tensor | None
     global_start: int
     seed: int
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's per-weight state (writable)
+    target_active: int = 0  # the recipe's number of active weights for the whole layer
     _random_draws: int = field(default=0, repr=False)
 
     def uniform(self) -> torch.Tensor:
@@ -42,6 +44,8 @@ class DropGrowMethod:
 
     At every update step, per layer, the ``k`` active weights with the lowest :meth:`drop_score`
     are dropped and the ``k`` inactive weights with the highest :meth:`grow_score` are grown.
+    Methods that prune from dense (``grows = False``) only drop, down to the active count their
+    :meth:`pruned_fraction` sets.
     """
 
     name: ClassVar[str]
@@ -49,9 +53,31 @@ class DropGrowMethod:
     updates_mask: ClassVar[bool] = True
     needs_grad: ClassVar[bool] = False
     regrow_dropped: ClassVar[bool] = False  # may a weight dropped at this update be grown again?
+    grows: ClassVar[bool] = True
+    shapes_gradients: ClassVar[bool] = False  # does gradient_terms add anything?
+    per_weight_state: ClassVar[Mapping[str, torch.dtype]] = {}  # extra per-weight tensors to keep
+    needs_last_update_step: ClassVar[bool] = False  # does its schedule need schedule.last_update_step?
 
     def __init__(self, **args: Any):
         self.args = SimpleNamespace(**resolve_options(args, self.options, "method_args."))
+
+    def pruned_fraction(self, step: int, schedule) -> float:
+        """Fraction of the way from dense to the target sparsity at ``step`` (1: sparse from scratch)."""
+        return 1.0
+
+    def is_update_step(self, step: int, schedule) -> bool:
+        return schedule.is_update_step(step)
+
+    def gradient_terms(self, layers: list[LayerView], select) -> list[torch.Tensor | None]:
+        """Terms added to each layer's gradient before masking (``shapes_gradients`` methods).
+        ``select(scores, eligible, k)`` is the exact per-layer top-k over all processes."""
+        return [None] * len(layers)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def drop_score(self, layer: LayerView) -> torch.Tensor:
         """Active weights with the lowest scores are dropped (default: magnitude)."""

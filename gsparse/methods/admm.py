@@ -1,0 +1,73 @@
+"""ADMM prune-from-dense (the DST-EE paper's baseline): dense pretraining, ADMM-regularised
+("reweighted") training towards the target sparsity, a hard magnitude prune, then retraining with
+the mask fixed.
+
+During the ADMM phase each sparse layer's gradient gets ``rho * (W - Z + U)``, the gradient of
+``rho/2 * ||W - Z + U||^2``. At the phase's first step ``Z = P(W)``, ``U = 0``; every
+``admm_interval`` steps after that ``Z = P(W + U)`` and ``U += W - Z`` (and ``rho *= rho_growth``),
+where ``P`` keeps each layer's ``target`` largest magnitudes (the exact top-k shared with every
+other method, so Z and U are sharded like the weights). At step ``pretrain_steps + admm_steps + 1``
+each layer is pruned by magnitude to its target; the mask stays fixed afterwards.
+"""
+import torch
+
+from gsparse.methods.base import DropGrowMethod, LayerView
+from gsparse.options import Option, integer, number
+
+
+class ADMM(DropGrowMethod):
+    name = "admm"
+    grows = False
+    shapes_gradients = True
+    per_weight_state = {"Z": torch.float32, "U": torch.float32}
+    options = {
+        "pretrain_steps": Option(check=integer(0)),
+        "admm_steps": Option(check=integer(1)),
+        "admm_interval": Option(check=integer(1)),
+        "rho": Option(0.01, number(0.0, min_open=True)),
+        "rho_growth": Option(1.0, number(1.0)),
+    }
+
+    def __init__(self, **args):
+        super().__init__(**args)
+        self.rho = self.args.rho
+
+    @property
+    def prune_step(self) -> int:
+        return self.args.pretrain_steps + self.args.admm_steps + 1
+
+    def pruned_fraction(self, step: int, schedule) -> float:
+        return 0.0 if step < self.prune_step else 1.0
+
+    def is_update_step(self, step: int, schedule) -> bool:
+        return step == self.prune_step
+
+    def gradient_terms(self, layers: list[LayerView], select) -> list[torch.Tensor | None]:
+        first = self.args.pretrain_steps + 1
+        if not layers or not first <= layers[0].step < self.prune_step:
+            return [None] * len(layers)
+        since_first = layers[0].step - first
+        if since_first % self.args.admm_interval == 0:
+            self._admm_round(layers, select, first_round=since_first == 0)
+        return [self.rho * (layer.weight - layer.state["Z"] + layer.state["U"]) for layer in layers]
+
+    def _admm_round(self, layers: list[LayerView], select, first_round: bool) -> None:
+        """Z <- P(W + U), U <- U + W - Z (the first round: Z <- P(W), U = 0)."""
+        if first_round:
+            for layer in layers:
+                layer.state["U"].zero_()
+        else:
+            self.rho *= self.args.rho_growth
+        targets = [layer.weight + layer.state["U"] for layer in layers]
+        keep = select([target.abs() for target in targets], [None] * len(layers),
+                      [layer.target_active for layer in layers])
+        for layer, target, kept in zip(layers, targets, keep):
+            layer.state["Z"].copy_(target * kept)
+            if not first_round:
+                layer.state["U"].add_(layer.weight - layer.state["Z"])
+
+    def state_dict(self) -> dict:
+        return {"rho": self.rho}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rho = state.get("rho", self.args.rho)
