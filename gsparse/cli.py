@@ -17,12 +17,18 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("linkpred", add_help=False,
                         help="train a link predictor (same options as scripts/train_linkpred.py; see --help)")
+    commands.add_parser("compare", add_help=False,
+                        help="methods x sparsities x seeds grid with table and plots (as scripts/compare.py)")
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "linkpred":
         from gsparse.linkpred.cli import main as linkpred_main
 
         return linkpred_main(rest)
+    if args.command == "compare":
+        from gsparse.compare import main as compare_main
+
+        return compare_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
