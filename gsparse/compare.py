@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from gsparse.distributions import round_half_up
 from gsparse.linkpred import LinkPredConfig, train_link_prediction
 from gsparse.linkpred.train import FEATURES
 from gsparse.methods import METHODS
@@ -269,7 +270,7 @@ def build_recipe(method: str, sparsity: float, phases: list[int], spe: int, sett
               "params": {"include": list(SPARSE_LAYERS)}, "seed": seed}
     total, interval = sum(phases) * spe, settings.update_interval
     if method in FROM_SCRATCH:
-        last = _round_half_up(0.75 * total)
+        last = round_half_up(0.75 * total)
         if last < interval:
             raise CompareError(f"{method}: 75% of its {total} steps ({last}) is below update_interval {interval}, "
                                f"so no mask would ever change; raise the epochs or lower --update-interval")
@@ -278,8 +279,8 @@ def build_recipe(method: str, sparsity: float, phases: list[int], spe: int, sett
         if method == "dst_ee":
             recipe["method_args"] = {"c": settings.c if c is None else c, "eps": 1.0}
     elif method == "gmp":
-        first = max(interval, interval * _round_half_up(0.1 * total / interval))
-        last = max(interval * _round_half_up(0.75 * total / interval), first + interval)
+        first = max(interval, interval * round_half_up(0.1 * total / interval))
+        last = max(interval * round_half_up(0.75 * total / interval), first + interval)
         if last > total:
             raise CompareError(f"gmp: {total} steps leave no room for two pruning steps {interval} apart after "
                                f"step {first}; raise --gmp-epochs or lower --update-interval")
@@ -289,10 +290,6 @@ def build_recipe(method: str, sparsity: float, phases: list[int], spe: int, sett
         recipe["method_args"] = {"pretrain_steps": pretrain * spe, "admm_steps": admm * spe,
                                  "admm_interval": spe, "rho": 0.01}
     return recipe
-
-
-def _round_half_up(value: float) -> int:
-    return int(math.floor(value + 0.5))
 
 
 def make_cell(settings: CompareSettings, method: str, sparsity: float, seed: int, spe: int,

@@ -102,6 +102,11 @@ def _solve_erdos_renyi(shapes: Mapping[str, Sequence[int]], sparsity: float,
     return eps, dense
 
 
+def round_half_up(value: float) -> int:
+    """The rounding used for every count in gsparse (Python's ``round`` rounds half to even)."""
+    return int(math.floor(value + 0.5))
+
+
 def active_counts(shapes: Mapping[str, Sequence[int]], densities: Mapping[str, float]) -> dict[str, int]:
     """Exact number of active weights per layer: ``floor(density * numel + 0.5)``, clamped to [0, numel].
 
@@ -110,5 +115,5 @@ def active_counts(shapes: Mapping[str, Sequence[int]], densities: Mapping[str, f
     counts = {}
     for name, shape in shapes.items():
         numel = math.prod(shape)
-        counts[name] = min(max(math.floor(densities[name] * numel + 0.5), 0), numel)
+        counts[name] = min(max(round_half_up(densities[name] * numel), 0), numel)
     return counts

@@ -12,7 +12,6 @@ from scratch (DST) is ``f = 1`` throughout; prune-from-dense methods start dense
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -20,6 +19,7 @@ import torch
 
 from gsparse import hashrng
 from gsparse.backends.base import Backend
+from gsparse.distributions import round_half_up
 from gsparse.methods.base import DropGrowMethod, LayerView
 from gsparse.params import SparseParamSpec
 from gsparse.schedules import UpdateSchedule
@@ -37,10 +37,6 @@ def counter_dtype_for(max_count: int) -> torch.dtype:
         if max_count <= torch.iinfo(dtype).max:
             return dtype
     raise OverflowError(max_count)
-
-
-def round_half_up(value: float) -> int:
-    return int(math.floor(value + 0.5))
 
 
 @dataclass
