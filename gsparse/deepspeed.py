@@ -79,8 +79,7 @@ class DeepSpeedSparsifier:
         named = dict(engine.module.named_parameters())
         self.params = [named[spec.name] for spec in self.specs]
         self.backend = _build_backend(engine, self.params)
-        self.engine = SparseEngine(self.specs, self.recipe.build_method(), self.recipe.schedule, self.backend,
-                                   seed=self.recipe.seed)
+        self.engine = SparseEngine.from_recipe(self.specs, self.recipe, self.backend)
         self._hooks = self.backend.install_step_hooks(self.engine)
         self._wrap_checkpointing(engine)
 

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from gsparse import hashrng
-from gsparse.backends.base import Backend
+from gsparse.backends.base import Backend, keeps_inactive_weights_zero
 from gsparse.distributions import round_half_up
 from gsparse.methods.base import DropGrowMethod, LayerView
 from gsparse.params import SparseParamSpec
 from gsparse.schedules import UpdateSchedule
 from gsparse.selection import select_top_k
+
+if TYPE_CHECKING:
+    from gsparse.recipe import Recipe
 
 logger = logging.getLogger("gsparse")
 
@@ -60,11 +63,12 @@ class SparseEngine:
     """
 
     def __init__(self, specs: Sequence[SparseParamSpec], method: DropGrowMethod, schedule: UpdateSchedule,
-                 backend: Backend, seed: int = 0):
+                 backend: Backend, seed: int = 0, mask_weights_after_step: bool = True):
         self.method = method
         self.schedule = schedule
         self.backend = backend
         self.seed = seed
+        self.mask_weights_after_step = mask_weights_after_step
         self.step = 0
         self.num_updates = 0
         self.last_update: dict[str, Any] | None = None
@@ -73,6 +77,14 @@ class SparseEngine:
         self._grown: dict[int, int] = {}
         self.layers = [self._initial_layer(index, spec) for index, spec in enumerate(specs)]
         self._select_initial_masks()
+
+    @classmethod
+    def from_recipe(cls, specs: Sequence[SparseParamSpec], recipe: "Recipe", backend: Backend) -> "SparseEngine":
+        """The engine for ``recipe`` on ``backend``; weights are masked after every step unless the
+        recipe allows skipping it (``auto``) and the backend's optimizer provably keeps them zero."""
+        skip = recipe.mask_weights_after_step == "auto" and keeps_inactive_weights_zero(backend.optimizer)
+        return cls(specs, recipe.build_method(), recipe.schedule, backend, seed=recipe.seed,
+                   mask_weights_after_step=not skip)
 
     # ---- masks -----------------------------------------------------------------------------
 
@@ -135,8 +147,9 @@ class SparseEngine:
         self.backend.mask_gradients([(index, self.layers[index].mask) for index in layers])
 
     def after_layers_step(self, layers: Sequence[int]) -> None:
-        """Zero inactive weights of ``layers`` again (weight decay, Adam's epsilon)."""
-        self.backend.mask_weights([(index, self.layers[index].mask) for index in layers])
+        """Zero inactive weights of ``layers`` again, unless the optimizer provably kept them zero."""
+        if self.mask_weights_after_step:
+            self.backend.mask_weights([(index, self.layers[index].mask) for index in layers])
 
     def finish_step(self) -> None:
         """All layers have stepped; record the update's metrics (a collective on update steps)."""

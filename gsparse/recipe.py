@@ -25,6 +25,8 @@ Every key is checked before training starts; a bad key or value raises one
       final_drop_fraction: 0.0
     method_args: {}               # the method's own options (see its class)
     seed: 0
+    mask_weights_after_step: auto # auto | always: auto skips it for optimizers that provably
+                                  # keep inactive weights zero (torch SGD, Adam, AdamW, ...)
 """
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ _RECIPE_OPTIONS = {
     "schedule": Option(None),
     "method_args": Option(None),
     "seed": Option(0, integer(0)),
+    "mask_weights_after_step": Option("auto", choice("auto", "always")),
 }
 
 
@@ -95,6 +98,7 @@ class Recipe:
     schedule: UpdateSchedule
     method_args: Mapping[str, Any]
     seed: int
+    mask_weights_after_step: str
     source: dict  # the recipe as given, for checkpoints and logs
 
     def build_method(self):
@@ -131,7 +135,8 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
     return Recipe(
         method=top["method"], sparsity=top["sparsity"], distribution=top["distribution"],
         erk_power_scale=top["erk_power_scale"], layer_sparsity=top["layer_sparsity"], params=params,
-        schedule=schedule, method_args=method_args, seed=top["seed"], source=source,
+        schedule=schedule, method_args=method_args, seed=top["seed"],
+        mask_weights_after_step=top["mask_weights_after_step"], source=source,
     )
 
 

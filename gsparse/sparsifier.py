@@ -17,9 +17,10 @@ class Sparsifier:
     Construction makes the model sparse (exactly ``round(density * numel)`` active weights per
     sparse layer) and registers hooks on ``optimizer``: before every ``optimizer.step()`` the mask
     is updated if the schedule says so (drop by magnitude, grow by the method's score on the
-    gradients of that step) and the gradients of inactive weights are zeroed; after it the
-    inactive weights are zeroed again, so weight decay cannot revive them. The training loop
-    stays unchanged::
+    gradients of that step), the gradients of inactive weights are zeroed and the optimizer state
+    of changed weights is reset; after it the inactive weights are zeroed again, unless the
+    optimizer provably keeps them zero (see the recipe's ``mask_weights_after_step``). The training
+    loop stays unchanged::
 
         sparsifier = gsparse.Sparsifier(model, optimizer, "recipes/dst_ee.yaml")
         for batch in loader:
@@ -38,8 +39,7 @@ class Sparsifier:
         parameters = dict(model.named_parameters())
         self.params = [parameters[spec.name] for spec in self.specs]
         self.backend = TorchBackend(self.params, optimizer)
-        self.engine = SparseEngine(self.specs, self.recipe.build_method(), self.recipe.schedule, self.backend,
-                                   seed=self.recipe.seed)
+        self.engine = SparseEngine.from_recipe(self.specs, self.recipe, self.backend)
         self._hooks = self.backend.install_step_hooks(self.engine)
 
     @property

@@ -15,7 +15,8 @@ import pytest
 WORKER = Path(__file__).resolve().parent / "distributed" / "zero_worker.py"
 TRAIN_CONFIGS = ["0-dst_ee", "0-rigl", "1-dst_ee", "1-rigl", "2-dst_ee", "2-rigl", "3-dst_ee", "3-rigl",
                  "2-dst_ee-gas2", "0-rigl-bf16", "1-dst_ee-bf16", "2-rigl-bf16", "3-dst_ee-bf16",
-                 "0-admm", "1-admm", "2-admm", "3-admm", "2-gmp", "3-gmp"]
+                 "0-admm", "1-admm", "2-admm", "3-admm", "2-gmp", "3-gmp", "3-dst_ee-always", "1-rigl-always",
+                 "0-dst_ee-fp16", "1-rigl-fp16", "2-dst_ee-fp16", "3-rigl-fp16"]
 
 
 def _free_port() -> int:
@@ -79,12 +80,15 @@ def results(tmp_path_factory) -> dict:
 def test_sparsity_exact_every_step_and_low_precision_zero(results, config):
     entry = results[f"two:train/{config}"]
     assert entry["violations"] == {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
-    assert entry["steps"] == 200
+    assert entry["low_precision_dtype"] == {"bf16": "torch.bfloat16", "fp16": "torch.float16"}.get(
+        config.split("-")[-1], "torch.float32")
+    assert entry["steps"] == 200 - entry["skipped"]  # fp16: loss-scale overflows are no steps
+    assert entry["skipped"] <= (3 if "fp16" in config else 0)
     assert entry["updates"] == {"admm": 1, "gmp": 14}.get(config.split("-")[1], 15)
     assert entry["density"] == pytest.approx(0.15, abs=0.01)
 
 
-@pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if "bf16" not in c])
+@pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if "bf16" not in c and "fp16" not in c])
 def test_masks_and_counters_equal_single_process(results, config):
     entry = results[f"two:train/{config}"]
     assert entry["masks_equal"] and entry["counters_equal"]
@@ -137,10 +141,13 @@ def test_unsupported_options_are_refused_before_training(results, case, words):
 
 
 def test_overflow_skipped_step_is_no_step(results):
-    """fp16 overflow on accelerators that have fp16; on CPU, DeepSpeed's fp32 skip of a step whose
-    gradient norm is not finite (the same path: the inner optimizer is never stepped)."""
-    for stage in (1, 2, 3):
+    """Real fp16 with DeepSpeed's loss scaler (on CPU too, see enable_cpu_fp16): two overflowing
+    steps are skipped by DeepSpeed and are no steps for gsparse either."""
+    optimizers = {0: "FP16_UnfusedOptimizer", 1: "DeepSpeedZeroOptimizer", 2: "DeepSpeedZeroOptimizer",
+                  3: "DeepSpeedZeroOptimizer_Stage3"}
+    for stage in (0, 1, 2, 3):
         entry = results[f"one:fp16/{stage}"]
+        assert entry["dtype"] == "torch.float16" and entry["optimizer"] == optimizers[stage]
         assert entry["skipped"] == 2 and entry["sparse_steps"] == entry["engine_steps"] - 2 == 23
         # the update falls on the 10th real step, i.e. the 12th call, not on a skipped one
         assert entry["updates_after_step"][9:12] == [0, 0, 1]

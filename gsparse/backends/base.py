@@ -17,6 +17,22 @@ if TYPE_CHECKING:
     from gsparse.engine import SparseEngine
 
 
+# Optimizers whose update of a weight is exactly zero when the weight, its gradient and its
+# optimizer state are all zero: weight decay only scales the weight, Adam's epsilon only divides.
+# With gradients masked before the step and state reset wherever the mask changes, inactive
+# weights then stay exactly zero, and masking them again after the step would only re-read
+# memory (half of gsparse's per-step cost). Exact types: a subclass may change the update.
+ZERO_PRESERVING_OPTIMIZERS = frozenset({
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
+    torch.optim.RAdam, torch.optim.Adagrad, torch.optim.RMSprop, torch.optim.Adadelta,
+})
+
+
+def keeps_inactive_weights_zero(optimizer) -> bool:
+    """Whether ``optimizer`` provably leaves a zero weight with zero gradient and state at zero."""
+    return type(optimizer) in ZERO_PRESERVING_OPTIMIZERS
+
+
 def zero_inactive_(tensor: torch.Tensor, mask: torch.Tensor) -> None:
     """``tensor *= mask`` in place. Multiplying by the uint8 view is ~3x faster than by a bool
     tensor on CPU (the hot path: every gradient and weight, every step)."""
@@ -49,6 +65,11 @@ class Backend(ABC):
     @abstractmethod
     def mask_weights(self, masks: Sequence[tuple[int, torch.Tensor]]) -> None:
         """Zero inactive weights (master and low-precision copies) of the given layers."""
+
+    @property
+    @abstractmethod
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer that steps the local pieces (ZeRO's inner optimizer)."""
 
     def sync_weights(self) -> None:
         """Propagate master-weight changes made outside an optimizer step to low-precision copies

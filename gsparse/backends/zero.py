@@ -72,6 +72,10 @@ class FlatPartitionBackend(Backend):
         for layer, piece in enumerate(self.pieces):
             self._layers_of_flat[piece.flat].append(layer)
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.inner_optimizer
+
     def _range(self, tensor: torch.Tensor, layer: int) -> torch.Tensor:
         piece = self.pieces[layer]
         return tensor.view(-1).narrow(0, piece.offset, piece.length)

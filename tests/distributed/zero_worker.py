@@ -26,6 +26,20 @@ from gsparse.backends.zero import ProcessGroupCommunicator  # noqa: E402
 from gsparse.selection import reference_top_k, select_top_k  # noqa: E402
 
 STEPS = int(os.environ.get("GSPARSE_TEST_STEPS", "200"))
+
+
+def enable_cpu_fp16() -> None:
+    """Test-only: DeepSpeed's CPU accelerator declares no fp16, although torch's CPU kernels run it.
+    Declaring it lets these tests drive DeepSpeed's real fp16 paths (loss scaling, overflow skip,
+    fp16 partitions) on a machine without a GPU; accelerators with fp16 are left alone."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if accelerator.device_name() != "cpu" or accelerator.is_fp16_supported():
+        return
+    supported = accelerator.supported_dtypes()
+    type(accelerator).is_fp16_supported = lambda self: True
+    type(accelerator).supported_dtypes = lambda self: [*supported, torch.float16]
 MICRO_BATCH = 8
 
 
@@ -81,9 +95,11 @@ def make_optimizer(name: str, model):
     return torch.optim.SGD(model.parameters(), lr=0.05)
 
 
-def build(stage, method, *, seed=0, optimizer="adamw", accumulation=1, dtype="fp32", **recipe_args):
+def build(stage, method, *, seed=0, optimizer="adamw", accumulation=1, dtype="fp32", weight_masking="auto",
+          **recipe_args):
     model = make_model(seed)
-    config = ds_config(stage, accumulation=accumulation, dtype=dtype, sparse_recipe=recipe(method, **recipe_args))
+    sparse_recipe = dict(recipe(method, **recipe_args), mask_weights_after_step=weight_masking)
+    config = ds_config(stage, accumulation=accumulation, dtype=dtype, sparse_recipe=sparse_recipe)
     engine, _, _, _, sparsifier = gds.initialize(model=model, optimizer=make_optimizer(optimizer, model),
                                                  config=config)
     return engine, sparsifier
@@ -174,8 +190,13 @@ def scenario_train(results: dict, configs: list[str]):
         stage, method, *options = config.split("-")
         stage = int(stage)
         accumulation = 2 if "gas2" in options else 1
-        dtype = "bf16" if "bf16" in options else "fp32"
-        engine, sparsifier = build(stage, method, accumulation=accumulation, dtype=dtype)
+        dtype = next((name for name in ("bf16", "fp16") if name in options), "fp32")
+        # "always": masks weights after every step too; the reference skips that (AdamW keeps zeros)
+        weight_masking = "always" if "always" in options else "auto"
+        engine, sparsifier = build(stage, method, accumulation=accumulation, dtype=dtype,
+                                   weight_masking=weight_masking)
+        if sparsifier.engine.mask_weights_after_step != (weight_masking == "always"):
+            raise AssertionError(f"{config}: AdamW should let gsparse skip the post-step masking")
         violations = {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
         train(engine, 1, STEPS, accumulation, invariant_checker(engine, sparsifier, violations))
         replicated = sparsifier.backend.communicator.world_size == 1
@@ -183,6 +204,7 @@ def scenario_train(results: dict, configs: list[str]):
         weights = full_weights(engine)
         metrics = sparsifier.metrics()
         entry = {"violations": violations, "steps": sparsifier.step, "updates": sparsifier.engine.num_updates,
+                 "skipped": engine.skipped_steps, "low_precision_dtype": str(next(engine.module.parameters()).dtype),
                  "density": metrics["density"], "exploration": metrics["exploration_degree"],
                  "local_numel": {n: int(m.numel()) for n, (_, m) in sparsifier.local_masks().items()}}
         if dist.get_rank() == 0 and dtype == "fp32":
@@ -292,13 +314,9 @@ def scenario_reshard_load(results: dict, workdir: Path, source_world: int):
 
 
 def scenario_fp16_overflow(results: dict):
-    """An overflow-skipped fp16 step is no step: no mask update, no count."""
-    from deepspeed.accelerator import get_accelerator
-
-    # fp16 where the accelerator has it; otherwise fp32, where DeepSpeed also skips a step whose
-    # gradient norm is not finite, through the same path (the inner optimizer is not stepped).
-    dtype = "fp16" if torch.float16 in get_accelerator().supported_dtypes() else "fp32"
-    for stage in (1, 2, 3):
+    """An overflow-skipped fp16 step is no step: no mask update, no count (DeepSpeed's loss scaler)."""
+    dtype = "fp16"
+    for stage in (0, 1, 2, 3):
         engine, sparsifier = build(stage, "dst_ee", dtype=dtype)
         params = dict(engine.module.named_parameters())
         updates_seen = []
@@ -318,7 +336,9 @@ def scenario_fp16_overflow(results: dict):
             else:
                 low = params[name].detach().reshape(-1)[start:start + mask.numel()]
             low_precision_bad += int((low[~mask] != 0).sum())
-        results[f"fp16/{stage}"] = {"dtype": dtype, "sparse_steps": sparsifier.step, "skipped": engine.skipped_steps,
+        results[f"fp16/{stage}"] = {"dtype": str(next(engine.module.parameters()).dtype),
+                                    "optimizer": type(engine.optimizer).__name__,
+                                    "sparse_steps": sparsifier.step, "skipped": engine.skipped_steps,
                                     "engine_steps": engine.global_steps, "updates_after_step": updates_seen,
                                     "low_precision_nonzero": low_precision_bad}
         log("fp16", stage, results[f"fp16/{stage}"])
@@ -356,6 +376,7 @@ def main():
     parser.add_argument("--local_rank", type=int, default=0)
     args = parser.parse_args()
     deepspeed.init_distributed(dist_backend="gloo")
+    enable_cpu_fp16()
     workdir = Path(args.workdir)
     results: dict = {}
     for scenario in args.scenarios.split(","):
