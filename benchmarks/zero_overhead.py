@@ -88,6 +88,37 @@ def _build(mode: str, config: dict):
     return engine, sparsifier
 
 
+def _time_collectives(communicator) -> list[float]:
+    """Wrap gsparse's all-reduce to add up the time its collectives take."""
+    spent: list[float] = []
+    original = communicator.all_reduce_sum
+
+    def timed(tensor):
+        start = time.perf_counter()
+        try:
+            return original(tensor)
+        finally:
+            spent.append(time.perf_counter() - start)
+
+    communicator.all_reduce_sum = timed
+    return spent
+
+
+def _dense_scores_all_reduce_seconds(num_params: int) -> float:
+    """What DDP-style DST libraries communicate per update: two dense fp32 score tensors."""
+    import torch.distributed as dist
+
+    scores = [torch.rand(num_params), torch.rand(num_params)]
+    times = []
+    for _ in range(5):
+        dist.barrier()
+        start = time.perf_counter()
+        for tensor in scores:
+            dist.all_reduce(tensor)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def _quartiles(values: list[float]) -> list[float]:
     low, median, high = statistics.quantiles(values, n=4)
     return [low, median, high]
@@ -108,10 +139,12 @@ def measure(stage: int) -> dict:
     inputs, targets = torch.randn(BATCH, HIDDEN[0]), torch.randn(BATCH, HIDDEN[-1])
     times = {mode: [] for mode in MODES}
     communicator = sparsifiers["update_every_step"].backend.communicator
+    collective_seconds = _time_collectives(communicator)
     warmup = 3
     for round_index in range(STEPS + warmup):
         if round_index == warmup:
             bytes_before = communicator.bytes_reduced
+            collective_seconds.clear()
             for spent in hook_seconds.values():
                 spent.clear()
         shift = round_index % len(MODES)
@@ -135,6 +168,9 @@ def measure(stage: int) -> dict:
         "overhead_amortised_dt100_in_hooks": (99 * in_hooks["gsparse"] + in_hooks["update_every_step"])
                                              / (100 * plain_median),
         "bytes_per_update": (communicator.bytes_reduced - bytes_before) / STEPS,
+        "update_communication_seconds": sum(collective_seconds) / STEPS,
+        "dense_scores_all_reduce_seconds": _dense_scores_all_reduce_seconds(
+            sum(p.numel() for p in make_model().parameters())),
         "sparse_state_bytes_per_rank": sum(l.mask.numel() * l.mask.element_size()
                                            + l.counter.numel() * l.counter.element_size() for l in layers),
         "num_params": sum(p.numel() for p in make_model().parameters()),

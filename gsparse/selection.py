@@ -59,17 +59,26 @@ def order_keys(scores: torch.Tensor) -> torch.Tensor:
 
     ``-0.0`` and ``0.0`` get the same key; NaN gets the smallest key of all.
     """
-    scores = scores.detach().to(torch.float32) + 0.0  # +0.0 turns -0.0 into 0.0
-    bits = scores.view(torch.int32)
-    # Negative floats order backwards by their bits: flip all bits but the sign.
-    keys = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    return keys.masked_fill_(torch.isnan(scores), torch.iinfo(torch.int32).min)
+    scores = scores.detach().to(torch.float32) + 0.0  # a new tensor; +0.0 turns -0.0 into 0.0
+    nan = torch.isnan(scores)
+    keys = scores.view(torch.int32)
+    # Negative floats order backwards by their bits: flip all bits but the sign. In place where
+    # possible: on CPU, allocating and freeing layer-sized temporaries costs more than the math.
+    flips = keys >> 31
+    keys ^= flips.bitwise_and_(0x7FFFFFFF)
+    return keys.masked_fill_(nan, torch.iinfo(torch.int32).min)
 
 
-def _digits(keys: torch.Tensor, shift: int) -> torch.Tensor:
+def _digits(keys: torch.Tensor, shift: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Byte ``shift // 8`` of the keys as unsigned order (the sign bit flipped in the top byte)."""
-    digits = (keys >> shift) & (_NUM_BUCKETS - 1)
-    return digits ^ (_NUM_BUCKETS // 2) if shift == _SHIFTS[0] else digits
+    digits = torch.bitwise_right_shift(keys, shift, out=out) if out is not None else keys >> shift
+    digits.bitwise_and_(_NUM_BUCKETS - 1)
+    return digits.bitwise_xor_(_NUM_BUCKETS // 2) if shift == _SHIFTS[0] else digits
+
+
+def _compact(running: int, numel: int) -> bool:
+    """Whether a running set of ``running`` positions out of ``numel`` is kept as a list."""
+    return running * 8 < numel
 
 
 def select_top_k(
@@ -97,28 +106,52 @@ def select_top_k(
     if num_layers == 0:
         return []
     device = scores[0].device
-    keys = [order_keys(layer_scores.reshape(-1)) for layer_scores in scores]
     # The running set per layer: eligible positions whose key prefix equals the threshold so far.
-    # It starts as a whole-layer mask (scores often share their top bytes, e.g. a bonus plus small
-    # gradients, so early passes keep most positions) and becomes a list of positions with their
-    # keys once few enough remain that gathering them is cheaper than rescanning the layer.
-    candidates = [torch.ones_like(k_, dtype=torch.bool) if e is None else e.reshape(-1).clone()
-                  for k_, e in zip(keys, eligible)]
-    positions: list[torch.Tensor | None] = [None] * num_layers
-    selected = [torch.zeros_like(c) for c in candidates]
+    # It is a whole-layer mask while many positions are in it (scores often share their top
+    # bytes, e.g. a bonus plus small gradients, so early passes keep most positions) and a list of
+    # positions with their keys once few enough remain that gathering them is cheaper than
+    # rescanning the layer - from the start if few are eligible (drop: the active weights).
+    keys: list[torch.Tensor] = []
+    candidates: list[torch.Tensor] = []
+    positions: list[torch.Tensor | None] = []
+    for layer_scores, layer_eligible in zip(scores, eligible):
+        layer_scores = layer_scores.reshape(-1)
+        if layer_eligible is None:
+            layer_eligible = torch.ones_like(layer_scores, dtype=torch.bool)
+        layer_eligible = layer_eligible.reshape(-1)
+        if _compact(int(torch.count_nonzero(layer_eligible)), layer_scores.numel()):
+            layer_positions = torch.nonzero(layer_eligible, as_tuple=True)[0]
+            keys.append(order_keys(layer_scores[layer_positions]))
+            positions.append(layer_positions)
+            candidates.append(torch.zeros(0, dtype=torch.bool, device=layer_scores.device))
+        else:
+            keys.append(order_keys(layer_scores))
+            positions.append(None)
+            candidates.append(layer_eligible.clone())
+    selected = [torch.zeros(s.numel(), dtype=torch.bool, device=s.device) for s in scores]
+    # Reused by every whole-layer pass: on CPU, allocating and freeing layer-sized temporaries
+    # costs more than the arithmetic (and mixed-dtype ops take a slow path, hence the copies).
+    digit_buffers = [torch.empty_like(layer_keys) if p is None else None for layer_keys, p in zip(keys, positions)]
+    shift_buffers = [torch.empty_like(layer_keys) if p is None else None for layer_keys, p in zip(keys, positions)]
+    flag_buffers = [torch.empty_like(c) if p is None else None for c, p in zip(candidates, positions)]
     still_needed = torch.tensor(list(k), dtype=torch.int64, device=device)
-    histogram = torch.zeros(num_layers, _NUM_BUCKETS + 1, dtype=torch.int64, device=device)
+    # Buckets [256, 512) hold positions out of the running and are never counted.
+    histogram = torch.zeros(num_layers, 2 * _NUM_BUCKETS, dtype=torch.int64, device=device)
     for shift in _SHIFTS:
         histogram.zero_()
         digits = []
         for layer in range(num_layers):
-            layer_digits = _digits(keys[layer], shift)
             if positions[layer] is None:
-                # Positions out of the running go to an extra bucket that is never counted.
-                layer_digits.masked_fill_(~candidates[layer], _NUM_BUCKETS)
+                layer_digits = _digits(keys[layer], shift, out=digit_buffers[layer])
+                # Positions out of the running move up by 256, out of the counted buckets (an
+                # add, not masked_fill_: that is ~8x slower on CPU for an irregular mask).
+                out_of_running = torch.logical_not(candidates[layer], out=flag_buffers[layer])
+                layer_digits.add_(shift_buffers[layer].copy_(out_of_running), alpha=_NUM_BUCKETS)
+            else:
+                layer_digits = _digits(keys[layer], shift)
             digits.append(layer_digits)
             if layer_digits.numel():
-                histogram[layer] = torch.bincount(layer_digits, minlength=_NUM_BUCKETS + 1)
+                histogram[layer] = torch.bincount(layer_digits, minlength=2 * _NUM_BUCKETS)
         counts = histogram[:, :_NUM_BUCKETS].contiguous()
         communicator.all_reduce_sum(counts)
         if shift == _SHIFTS[0]:
@@ -145,11 +178,13 @@ def select_top_k(
                 positions[layer] = torch.zeros(0, dtype=torch.int64, device=device)
                 keys[layer] = keys[layer][:0]
             elif positions[layer] is None:
-                selected[layer] |= (layer_digits > threshold) & candidates[layer]
+                above = torch.gt(layer_digits, threshold, out=flag_buffers[layer])
+                selected[layer] |= above.logical_and_(candidates[layer])
                 torch.eq(layer_digits, threshold, out=candidates[layer])
-                if remaining_here[layer] * 8 < candidates[layer].numel():
+                if _compact(remaining_here[layer], candidates[layer].numel()):
                     positions[layer] = torch.nonzero(candidates[layer], as_tuple=True)[0]
                     keys[layer] = keys[layer][positions[layer]]
+                    digit_buffers[layer] = shift_buffers[layer] = flag_buffers[layer] = None
             else:
                 selected[layer][positions[layer][layer_digits > threshold]] = True
                 at_threshold = layer_digits == threshold
