@@ -191,15 +191,18 @@ class SparseEngine:
         else:  # prune towards the schedule's target, grow nothing
             k_drop = [max(s.active - self.active_target(s, self.step), 0) for s in states]
             k_grow = [0] * len(states)
-        dropped = select_top_k([-self.method.drop_score(v) for v in views], masks, k_drop, communicator)
+        drop_scores = [-self.method.drop_score(v) for v in views]
         if not self.method.grows:
+            dropped = select_top_k(drop_scores, masks, k_drop, communicator)
             grown = [torch.zeros_like(mask) for mask in masks]
-        else:
-            if self.method.regrow_dropped:
-                grow_eligible = [~(mask & ~drop) for mask, drop in zip(masks, dropped)]
-            else:
-                grow_eligible = [~mask for mask in masks]
+        elif self.method.regrow_dropped:  # grow eligibility depends on what was dropped
+            dropped = select_top_k(drop_scores, masks, k_drop, communicator)
+            grow_eligible = [~(mask & ~drop) for mask, drop in zip(masks, dropped)]
             grown = select_top_k([self.method.grow_score(v) for v in views], grow_eligible, k_grow, communicator)
+        else:  # drop among active, grow among inactive: one selection, half the all-reduces
+            chosen = select_top_k(drop_scores + [self.method.grow_score(v) for v in views],
+                                  masks + [~mask for mask in masks], k_drop + k_grow, communicator)
+            dropped, grown = chosen[:len(masks)], chosen[len(masks):]
 
         counter_dtype = counter_dtype_for(self.num_updates + 2)  # the bound after this update
         for index, state, drop, grow, dropped_count, grown_count in zip(layers, states, dropped, grown, k_drop, k_grow):

@@ -61,13 +61,15 @@ def test_initial_masks_are_exact_seeded_and_reproducible():
     assert not all(torch.equal(masks[0][n], masks[2][n]) for n in masks[0])
 
 
-def _one_layer_case(method: str, method_args: dict, weight, grad, mask, counter, step: int, drop_fraction: float):
+def _one_layer_case(method: str, method_args: dict, weight, grad, mask, counter, step: int, drop_fraction: float,
+                    regrow_dropped: bool = False):
     model = torch.nn.Linear(len(weight), 1, bias=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sparsifier = gsparse.Sparsifier(model, optimizer, {
         "method": method, "sparsity": 1 - sum(mask) / len(mask), "method_args": method_args,
         "schedule": {"update_interval": 1000, "drop_fraction": drop_fraction},
     })
+    sparsifier.engine.method.regrow_dropped = regrow_dropped
     state = sparsifier.state_dict()
     layer = state["engine"]["layers"]["weight"]
     layer["mask"] = torch.tensor(mask, dtype=torch.bool)
@@ -104,6 +106,22 @@ def test_dst_ee_grows_exactly_the_weights_its_score_picks():
 
     _, _, rigl = _one_layer_case("rigl", {}, weight, grad, mask, counter, step=100, drop_fraction=0.5)
     assert rigl.masks["weight"][0].int().tolist() == [1, 0, 1, 0, 1, 1, 0, 0]
+
+
+def test_a_method_may_regrow_what_it_drops():
+    # Active 0..3; drop_fraction 0.5 drops indices 3 and 1 (smallest |w|); index 1 has the largest
+    # gradient. RigL grows among the weights inactive before the update (4, 5); a method with
+    # regrow_dropped ranks everything not kept (1, 3..7) and grows 1 and 4.
+    weight = [0.5, -0.1, 0.3, 0.05, 0, 0, 0, 0]
+    grad = [0.0, 2.0, 0.0, 0.0, 0.9, 0.5, 0.45, 0.1]
+    mask = [1, 1, 1, 1, 0, 0, 0, 0]
+    _, _, rigl = _one_layer_case("rigl", {}, weight, grad, mask, [1] * 8, step=10, drop_fraction=0.5)
+    assert rigl.masks["weight"][0].int().tolist() == [1, 0, 1, 0, 1, 1, 0, 0]
+    _, optimizer, regrowing = _one_layer_case("rigl", {}, weight, grad, mask, [1] * 8, step=10, drop_fraction=0.5,
+                                              regrow_dropped=True)
+    assert regrowing.masks["weight"][0].int().tolist() == [1, 1, 1, 0, 1, 0, 0, 0]
+    assert regrowing.counters["weight"][0].tolist() == [2, 2, 2, 1, 2, 1, 1, 1]
+    assert optimizer.state[regrowing.params[0]]["momentum_buffer"][0].tolist() == [1, 0, 1, 0, 0, 1, 1, 1]
 
 
 def test_dst_ee_reference_variant_takes_the_absolute_value_of_the_sum():
