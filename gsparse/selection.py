@@ -132,7 +132,7 @@ def select_top_k(
     # Reused by every whole-layer pass: on CPU, allocating and freeing layer-sized temporaries
     # costs more than the arithmetic (and mixed-dtype ops take a slow path, hence the copies).
     digit_buffers = [torch.empty_like(layer_keys) if p is None else None for layer_keys, p in zip(keys, positions)]
-    shift_buffers = [torch.empty_like(layer_keys) if p is None else None for layer_keys, p in zip(keys, positions)]
+    int_flag_buffers = [torch.empty_like(layer_keys) if p is None else None for layer_keys, p in zip(keys, positions)]
     flag_buffers = [torch.empty_like(c) if p is None else None for c, p in zip(candidates, positions)]
     still_needed = torch.tensor(list(k), dtype=torch.int64, device=device)
     # Buckets [256, 512) hold positions out of the running and are never counted.
@@ -146,7 +146,7 @@ def select_top_k(
                 # Positions out of the running move up by 256, out of the counted buckets (an
                 # add, not masked_fill_: that is ~8x slower on CPU for an irregular mask).
                 out_of_running = torch.logical_not(candidates[layer], out=flag_buffers[layer])
-                layer_digits.add_(shift_buffers[layer].copy_(out_of_running), alpha=_NUM_BUCKETS)
+                layer_digits.add_(int_flag_buffers[layer].copy_(out_of_running), alpha=_NUM_BUCKETS)
             else:
                 layer_digits = _digits(keys[layer], shift)
             digits.append(layer_digits)
@@ -184,7 +184,7 @@ def select_top_k(
                 if _compact(remaining_here[layer], candidates[layer].numel()):
                     positions[layer] = torch.nonzero(candidates[layer], as_tuple=True)[0]
                     keys[layer] = keys[layer][positions[layer]]
-                    digit_buffers[layer] = shift_buffers[layer] = flag_buffers[layer] = None
+                    digit_buffers[layer] = int_flag_buffers[layer] = flag_buffers[layer] = None
             else:
                 selected[layer][positions[layer][layer_digits > threshold]] = True
                 at_threshold = layer_digits == threshold
