@@ -41,6 +41,7 @@ def zero_inactive_(tensor: torch.Tensor, mask: torch.Tensor) -> None:
 
 class Backend(ABC):
     communicator: Communicator
+    optimizer: torch.optim.Optimizer  # the torch optimizer that steps the local pieces (ZeRO's inner one)
 
     @abstractmethod
     def local_slice(self, layer: int) -> LocalSlice:
@@ -65,11 +66,6 @@ class Backend(ABC):
     @abstractmethod
     def mask_weights(self, masks: Sequence[tuple[int, torch.Tensor]]) -> None:
         """Zero inactive weights (master and low-precision copies) of the given layers."""
-
-    @property
-    @abstractmethod
-    def optimizer(self) -> torch.optim.Optimizer:
-        """The torch optimizer that steps the local pieces (ZeRO's inner optimizer)."""
 
     def sync_weights(self) -> None:
         """Propagate master-weight changes made outside an optimizer step to low-precision copies

@@ -14,16 +14,12 @@ class TorchBackend(Backend):
 
     def __init__(self, params: Sequence[torch.nn.Parameter], optimizer: torch.optim.Optimizer):
         self.params = list(params)
-        self._optimizer = optimizer
+        self.optimizer = optimizer
         self.communicator = LocalCommunicator()
         optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = [i for i, p in enumerate(self.params) if id(p) not in optimized]
         if missing:
             raise ValueError(f"sparse parameters {missing} are not in the optimizer's param_groups")
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self._optimizer
 
     def local_slice(self, layer: int) -> LocalSlice:
         return LocalSlice(0, self.params[layer].numel())

@@ -63,7 +63,7 @@ class FlatPartitionBackend(Backend):
 
     def __init__(self, zero_optimizer, flats: Sequence[torch.Tensor], pieces: Sequence[LocalPiece], group):
         self.zero_optimizer = zero_optimizer
-        self.inner_optimizer = zero_optimizer.optimizer
+        self.optimizer = zero_optimizer.optimizer
         self.flats = list(flats)
         self.pieces = list(pieces)
         self.communicator = ProcessGroupCommunicator(group)
@@ -71,10 +71,6 @@ class FlatPartitionBackend(Backend):
         self._layers_of_flat: dict[int, list[int]] = {index: [] for index in range(len(self.flats))}
         for layer, piece in enumerate(self.pieces):
             self._layers_of_flat[piece.flat].append(layer)
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self.inner_optimizer
 
     def _range(self, tensor: torch.Tensor, layer: int) -> torch.Tensor:
         piece = self.pieces[layer]
@@ -107,7 +103,7 @@ class FlatPartitionBackend(Backend):
 
     def reset_optimizer_state(self, layer: int, positions: torch.Tensor) -> None:
         flat = self.flats[self.pieces[layer].flat]
-        for value in self.inner_optimizer.state.get(flat, {}).values():
+        for value in self.optimizer.state.get(flat, {}).values():
             if torch.is_tensor(value) and value.shape == flat.shape:
                 self._range(value, layer).masked_fill_(positions, 0)
 
@@ -135,8 +131,8 @@ class FlatPartitionBackend(Backend):
             if flats and flats[-1] == last_flat:
                 engine.finish_step()
 
-        return [self.inner_optimizer.register_step_pre_hook(before_step),
-                self.inner_optimizer.register_step_post_hook(after_step)]
+        return [self.optimizer.register_step_pre_hook(before_step),
+                self.optimizer.register_step_post_hook(after_step)]
 
 
 class PartitionedGroupsBackend(FlatPartitionBackend):
