@@ -76,7 +76,7 @@ def reset_peak_rss() -> float:
 
 def measure_load(path: str, remap: bool, split: bool = False) -> dict:
     """Run in a fresh process: load once and report time and the rise of the peak RSS."""
-    from gsparse.graphs import load_edges, remap_nodes
+    from gsparse.tasks.graphs import load_edges, remap_nodes
 
     rss_before = reset_peak_rss()
     start = time.perf_counter()
@@ -92,7 +92,7 @@ def measure_load(path: str, remap: bool, split: bool = False) -> dict:
         result["remapped_num_nodes"] = remapped.num_nodes
         result["peak_rss_mib_with_remap"] = round(memory_mib("VmHWM") - rss_before, 1)
     if split:
-        from gsparse.linkpred.split import temporal_split
+        from gsparse.tasks.linkpred.split import temporal_split
 
         start = time.perf_counter()
         parts = temporal_split(edges.src, edges.dst, edges.time, edges.num_nodes, seed=0)

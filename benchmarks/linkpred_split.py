@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from gsparse.linkpred.split import pair_keys, sorted_unique, temporal_split
+from gsparse.tasks.linkpred.split import pair_keys, sorted_unique, temporal_split
 
 WIKI_TALK_EDGES = 7_833_140
 WIKI_TALK_NODES = 1_140_149

@@ -65,7 +65,8 @@ def _reshard(engine: SparseEngine, shards: list[Path]) -> dict:
     header, actives = None, {}
     for path in shards:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        header = header or {key: state.get(key) for key in ("step", "num_updates", "seed", "active_weight_steps",
+        header = header or {key: state.get(key) for key in ("step", "num_updates", "skipped_updates", "seed",
+                                                            "active_weight_steps", "layer_active_steps",
                                                             "method_state")}
         missing = set(pieces) - set(state["layers"])
         if missing:

@@ -22,11 +22,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "linkpred":
-        from gsparse.linkpred.cli import main as linkpred_main
+        from gsparse.tasks.linkpred.cli import main as linkpred_main
 
         return linkpred_main(rest)
     if args.command == "compare":
-        from gsparse.compare import main as compare_main
+        from gsparse.tasks.linkpred.compare import main as compare_main
 
         return compare_main(rest)
     if rest:

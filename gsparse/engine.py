@@ -1,17 +1,21 @@
-"""The shared mask engine: masks, counters, drop/grow updates, metrics and checkpoints.
+"""The shared mask engine: masks, counters, mask changes, metrics and checkpoints.
 
 One engine serves every method and every backend. Per sparse layer it keeps, for this process's
 piece of the layer only, a bool ``mask``, a ``counter`` of how many mask states had each weight
 active (the DST-EE counter ``N``; ``counter > 0`` marks explored weights) and any per-weight state
-the method declares (ADMM's ``Z`` and ``U``).
+the method declares (ADMM's ``Z`` and ``U``, an accumulated score).
 
-The number of active weights of a layer follows the method's pruned fraction ``f(t)``:
-``active = numel - round(f(t) * (numel - target))``, ``target`` being the recipe's count. Sparse
-from scratch (DST) is ``f = 1`` throughout; prune-from-dense methods start dense (``f = 0``).
+Per optimizer step it runs the method's policy (see :mod:`gsparse.methods.base`): ``begin_step``,
+then a global mask change (from weights and state, all layers at once) if the method asks for
+one, then per layer ``observe``, gradient terms and a per-layer mask change, then gradient
+masking. Every mask decision is an exact (distributed) top-k, so the masks are equal whatever
+the sharding. Non-finite scores never enter masks: such an update is skipped with a warning and
+counted (``skipped_updates``).
 """
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -20,10 +24,10 @@ import torch
 from gsparse import hashrng
 from gsparse.backends.base import Backend, keeps_inactive_weights_zero
 from gsparse.distributions import round_half_up
-from gsparse.methods.base import DropGrowMethod, LayerView
+from gsparse.methods.base import LayerInfo, LayerView, MaskChange, SparseMethod
 from gsparse.params import SparseParamSpec
 from gsparse.schedules import UpdateSchedule
-from gsparse.selection import select_top_k
+from gsparse.selection import select_top_k, select_top_k_global
 
 if TYPE_CHECKING:
     from gsparse.recipe import Recipe
@@ -42,6 +46,10 @@ def counter_dtype_for(max_count: int) -> torch.dtype:
     raise OverflowError(max_count)
 
 
+class NonFiniteScores(UserWarning):
+    """A mask update was skipped because some of its scores were NaN or infinite."""
+
+
 @dataclass
 class LayerState:
     spec: SparseParamSpec
@@ -56,35 +64,45 @@ class LayerState:
 
 
 class SparseEngine:
-    """Keeps masks exact between updates and changes them on the schedule.
+    """Keeps masks exact between updates and changes them when the method says so.
 
     The backend drives it through :meth:`start_step`, :meth:`before_layers_step`,
     :meth:`after_layers_step` and :meth:`finish_step` around every real optimizer step.
     """
 
-    def __init__(self, specs: Sequence[SparseParamSpec], method: DropGrowMethod, schedule: UpdateSchedule,
-                 backend: Backend, seed: int = 0, mask_weights_after_step: bool = True):
+    def __init__(self, specs: Sequence[SparseParamSpec], method: SparseMethod, schedule: UpdateSchedule,
+                 backend: Backend, seed: int = 0, mask_weights_after_step: bool = True,
+                 layer_parameters: Sequence[dict[str, torch.nn.Parameter]] | None = None):
         self.method = method
         self.schedule = schedule
         self.backend = backend
         self.seed = seed
         self.mask_weights_after_step = mask_weights_after_step
+        self.layer_parameters = list(layer_parameters or [{} for _ in specs])
         self.step = 0
         self.num_updates = 0
+        self.skipped_updates = 0
         self.last_update: dict[str, Any] | None = None
         self.active_weight_steps = 0  # sum over steps of the active weights: training FLOPs follow it
-        self._updating = False
+        self.layer_active_steps = [0] * len(specs)  # the same per layer (budgets may move between layers)
+        self._change: MaskChange | None = None  # this step's per-layer change, applied group by group
+        self._changed = False  # did the masks change in this step
+        self._skipped = False  # was this step's change skipped (non-finite scores)
         self._grown: dict[int, int] = {}
+        self._parameter_values: list[dict[str, float]] = []
+        method.setup([LayerInfo(spec.name, tuple(spec.shape), spec.numel, spec.active_count) for spec in specs],
+                     schedule)
         self.layers = [self._initial_layer(index, spec) for index, spec in enumerate(specs)]
         self._select_initial_masks()
 
     @classmethod
-    def from_recipe(cls, specs: Sequence[SparseParamSpec], recipe: "Recipe", backend: Backend) -> "SparseEngine":
+    def from_recipe(cls, specs: Sequence[SparseParamSpec], recipe: "Recipe", backend: Backend,
+                    layer_parameters: Sequence[dict[str, torch.nn.Parameter]] | None = None) -> "SparseEngine":
         """The engine for ``recipe`` on ``backend``; weights are masked after every step unless the
         recipe allows skipping it (``auto``) and the backend's optimizer provably keeps them zero."""
         skip = recipe.mask_weights_after_step == "auto" and keeps_inactive_weights_zero(backend.optimizer)
         return cls(specs, recipe.build_method(), recipe.schedule, backend, seed=recipe.seed,
-                   mask_weights_after_step=not skip)
+                   mask_weights_after_step=not skip, layer_parameters=layer_parameters)
 
     # ---- masks -----------------------------------------------------------------------------
 
@@ -97,19 +115,21 @@ class SparseEngine:
                        for name, dtype in self.method.per_weight_state.items()}
         return state
 
-    def active_target(self, layer: LayerState, step: int) -> int:
-        """How many weights of ``layer`` are active at ``step`` under the method's schedule."""
-        fraction = self.method.pruned_fraction(step, self.schedule)
-        return layer.spec.numel - round_half_up(fraction * (layer.spec.numel - layer.spec.active_count))
-
     def _select_initial_masks(self) -> None:
+        change = self.method.initial_change()
+        if change.kind != "reselect":
+            raise ValueError(f"method '{self.method.name}': initial_change() must be a MaskChange.reselect")
         scores = [
             hashrng.uniform(hashrng.stream_key(self.seed, "init", layer.spec.name, 0), layer.start,
                             layer.mask.numel(), layer.mask.device)
             for layer in self.layers
         ]
-        counts = [self.active_target(layer, 0) for layer in self.layers]
-        chosen = select_top_k(scores, [None] * len(scores), counts, self.backend.communicator)
+        if change.is_global:
+            chosen = select_top_k_global(scores, [None] * len(scores), change.total, self.backend.communicator)
+            counts = self._global_counts(chosen)
+        else:
+            counts = list(change.layer_counts)
+            chosen = select_top_k(scores, [None] * len(scores), counts, self.backend.communicator)
         for index, (layer, mask, count) in enumerate(zip(self.layers, chosen, counts)):
             layer.mask, layer.active = mask, count
             layer.counter = mask.to(torch.uint8)
@@ -125,25 +145,36 @@ class SparseEngine:
     # ---- step hooks ------------------------------------------------------------------------
     # A backend calls these around every optimizer step that really happens. Optimizers that
     # step their parameter groups one at a time (ZeRO) report each group's layers separately;
-    # layers are independent, so updating them group by group gives the same masks.
+    # per-layer work is independent across layers, so doing it group by group gives the same
+    # masks. Whatever involves all layers at once happens in start_step.
 
     def start_step(self) -> None:
         """A new optimizer step begins (steps are counted from 1)."""
         self.step += 1
-        self._updating = self.method.updates_mask and self.method.is_update_step(self.step, self.schedule)
-        self._grown = {}
+        self._grown, self._changed, self._skipped = {}, False, False
+        self._read_layer_parameters()
+        self.method.begin_step(self.step)
+        change = self.method.mask_change(self.step)
+        self._change = None
+        if change is not None and change.is_global:
+            self._apply_global_change(change)
+        else:
+            self._change = change
 
     def before_layers_step(self, layers: Sequence[int]) -> None:
-        """Update the masks of ``layers`` if this is an update step, then mask their gradients."""
+        """Observe, shape gradients, change the masks of ``layers`` if asked, then mask their gradients."""
         layers = list(layers)
-        if self.method.shapes_gradients:
-            views = [self._view(index) for index in layers]
-            terms = self.method.gradient_terms(views, self._selector)
-            for index, term in zip(layers, terms):
-                if term is not None:
-                    self.backend.add_to_gradient(index, term)
-        if self._updating:
-            self._update_layers(layers)
+        if layers and (self.method.observes or self.method.shapes_gradients):
+            views = self._views(layers)
+            if self.method.observes:
+                self.method.observe(views)
+            if self.method.shapes_gradients:
+                terms = self.method.gradient_terms(views, self._selector)
+                for index, term in zip(layers, terms):
+                    if term is not None:
+                        self.backend.add_to_gradient(index, term)
+        if self._change is not None:
+            self._apply_layer_change(layers, self._change)
         self.backend.mask_gradients([(index, self.layers[index].mask) for index in layers])
 
     def after_layers_step(self, layers: Sequence[int]) -> None:
@@ -153,59 +184,162 @@ class SparseEngine:
 
     def finish_step(self) -> None:
         """All layers have stepped; record the update's metrics (a collective on update steps)."""
+        for index, layer in enumerate(self.layers):
+            self.layer_active_steps[index] += layer.active
         self.active_weight_steps += sum(layer.active for layer in self.layers)
-        if self._updating:
+        if self._skipped:
+            self.skipped_updates += 1
+        if self._changed:
             self._record_update()
-        self._updating = False
+        self._change, self._changed, self._skipped = None, False, False
 
     def _selector(self, scores: Sequence[torch.Tensor], eligible: Sequence[torch.Tensor | None],
                   k: Sequence[int]) -> list[torch.Tensor]:
         """Exact top-k over whatever pieces this process holds (given to methods that select)."""
         return select_top_k(scores, eligible, k, self.backend.communicator)
 
-    # ---- drop and grow ---------------------------------------------------------------------
+    # ---- mask changes ----------------------------------------------------------------------
 
     def update_masks(self) -> dict[str, Any]:
-        """Drop and grow every layer now, outside the schedule (gradients must be populated)."""
-        self._grown = {}
-        self._update_layers(range(len(self.layers)))
+        """Change every layer's mask now, outside the schedule (gradients must be populated):
+        the change the method would make at this step (a swap at the schedule's drop fraction
+        for drop/grow methods)."""
+        self._grown, self._changed, self._skipped = {}, False, False
+        self._read_layer_parameters()
+        change = self.method.forced_change(self.step)
+        if change is not None:
+            if change.is_global:
+                self._apply_global_change(change)
+            else:
+                self._apply_layer_change(range(len(self.layers)), change)
         self.backend.mask_gradients([(index, layer.mask) for index, layer in enumerate(self.layers)])
         self.backend.sync_weights()
-        return self._record_update()
+        if self._skipped:
+            self.skipped_updates += 1
+        metrics = self._record_update() if self._changed else self.metrics()
+        self._changed = self._skipped = False
+        return metrics
 
-    def _update_layers(self, layers: Sequence[int]) -> None:
+    def _apply_layer_change(self, layers: Sequence[int], change: MaskChange) -> None:
         layers = list(layers)
         if not layers:
             return
         states = [self.layers[index] for index in layers]
-        views = [self._view(index) for index in layers]
+        views = self._views(layers, with_grad=self.method.needs_grad)
         if self.method.needs_grad and any(view.grad is None for view in views):
             raise RuntimeError(f"method '{self.method.name}' needs gradients at step {self.step}, but a sparse "
                                "parameter has none: call backward() before optimizer.step()")
         communicator = self.backend.communicator
         masks = [s.mask for s in states]
-        if self.method.grows:
-            drop_fraction = self.schedule.drop_fraction_at(self.step)
-            k_drop = [min(round_half_up(drop_fraction * s.active), s.spec.numel - s.active) for s in states]
+        if change.kind == "reselect":
+            keep_scores = [self.method.keep_score(v) for v in views]
+            if not self._scores_finite(keep_scores):
+                return
+            keep = select_top_k(keep_scores, [None] * len(states), [change.layer_counts[i] for i in layers],
+                                communicator)
+            dropped = [mask & ~kept for mask, kept in zip(masks, keep)]
+            grown = [kept & ~mask for mask, kept in zip(masks, keep)]
+            k_drop, k_grow = self._changed_counts(dropped, grown)
+        elif change.kind == "swap":
+            k_drop = [min(round_half_up(change.drop_fraction * s.active), s.spec.numel - s.active) for s in states]
             k_grow = k_drop
-        else:  # prune towards the schedule's target, grow nothing
-            k_drop = [max(s.active - self.active_target(s, self.step), 0) for s in states]
-            k_grow = [0] * len(states)
-        drop_scores = [-self.method.drop_score(v) for v in views]
-        if not self.method.grows:
-            dropped = select_top_k(drop_scores, masks, k_drop, communicator)
-            grown = [torch.zeros_like(mask) for mask in masks]
-        elif self.method.regrow_dropped:  # grow eligibility depends on what was dropped
-            dropped = select_top_k(drop_scores, masks, k_drop, communicator)
-            grow_eligible = [~(mask & ~drop) for mask, drop in zip(masks, dropped)]
-            grown = select_top_k([self.method.grow_score(v) for v in views], grow_eligible, k_grow, communicator)
-        else:  # drop among active, grow among inactive: one selection, half the all-reduces
-            chosen = select_top_k(drop_scores + [self.method.grow_score(v) for v in views],
-                                  masks + [~mask for mask in masks], k_drop + k_grow, communicator)
-            dropped, grown = chosen[:len(masks)], chosen[len(masks):]
+            drop_scores = [-self.method.drop_score(v) for v in views]
+            grow_scores = [self.method.grow_score(v) for v in views]
+            if not self._scores_finite(drop_scores + grow_scores):
+                return
+            if self.method.regrow_dropped:  # grow eligibility depends on what was dropped
+                dropped = select_top_k(drop_scores, masks, k_drop, communicator)
+                grow_eligible = [~(mask & ~drop) for mask, drop in zip(masks, dropped)]
+                grown = select_top_k(grow_scores, grow_eligible, k_grow, communicator)
+            else:  # drop among active, grow among inactive: one selection, half the all-reduces
+                dropped, grown = self._drop_and_grow(drop_scores, grow_scores, masks, k_drop, k_grow)
+        else:  # resize to the given per-layer counts
+            targets = [change.layer_counts[index] for index in layers]
+            k_drop = [max(s.active - target, 0) for s, target in zip(states, targets)]
+            k_grow = [max(target - s.active, 0) for s, target in zip(states, targets)]
+            drop_scores = [-self.method.drop_score(v) for v in views]
+            grow_scores = [self.method.grow_score(v) for v in views] if any(k_grow) else []
+            if not self._scores_finite(drop_scores + grow_scores):
+                return
+            if grow_scores:
+                dropped, grown = self._drop_and_grow(drop_scores, grow_scores, masks, k_drop, k_grow)
+            else:
+                dropped = select_top_k(drop_scores, masks, k_drop, communicator)
+                grown = [torch.zeros_like(mask) for mask in masks]
+        self._commit(layers, dropped, grown, k_drop, k_grow)
 
+    def _apply_global_change(self, change: MaskChange) -> None:
+        """One count over all layers, decided from weights and method state (no gradients: under
+        ZeRO, later parameter groups' gradients do not exist yet when the step starts)."""
+        layers = list(range(len(self.layers)))
+        views = self._views(layers, with_grad=False)
+        communicator = self.backend.communicator
+        masks = self.masks
+        if change.kind == "reselect":
+            keep_scores = [self.method.keep_score(v) for v in views]
+            if not self._scores_finite(keep_scores):
+                return
+            keep = select_top_k_global(keep_scores, [None] * len(masks), change.total, communicator)
+            dropped = [mask & ~kept for mask, kept in zip(masks, keep)]
+            grown = [kept & ~mask for mask, kept in zip(masks, keep)]
+        elif change.kind == "resize":
+            active = sum(layer.active for layer in self.layers)
+            if change.total < active:
+                scores = [-self.method.drop_score(v) for v in views]
+                if not self._scores_finite(scores):
+                    return
+                dropped = select_top_k_global(scores, masks, active - change.total, communicator)
+                grown = [torch.zeros_like(mask) for mask in masks]
+            else:
+                scores = [self.method.grow_score(v) for v in views]
+                if not self._scores_finite(scores):
+                    return
+                grown = select_top_k_global(scores, [~mask for mask in masks], change.total - active, communicator)
+                dropped = [torch.zeros_like(mask) for mask in masks]
+        else:
+            raise ValueError(f"method '{self.method.name}': a global MaskChange must be resize or reselect, "
+                             f"not {change.kind}")
+        k_drop, k_grow = self._changed_counts(dropped, grown)
+        self._commit(layers, dropped, grown, k_drop, k_grow)
+
+    def _drop_and_grow(self, drop_scores, grow_scores, masks, k_drop, k_grow):
+        chosen = select_top_k(drop_scores + grow_scores, masks + [~mask for mask in masks], k_drop + k_grow,
+                              self.backend.communicator)
+        return chosen[:len(masks)], chosen[len(masks):]
+
+    def _changed_counts(self, dropped: Sequence[torch.Tensor], grown: Sequence[torch.Tensor]):
+        """Global numbers of dropped and grown weights per layer (one all-reduce)."""
+        counts = torch.stack([torch.stack([torch.count_nonzero(d), torch.count_nonzero(g)])
+                              for d, g in zip(dropped, grown)]).to(torch.int64)
+        self.backend.communicator.all_reduce_sum(counts)
+        return counts[:, 0].tolist(), counts[:, 1].tolist()
+
+    def _global_counts(self, chosen: Sequence[torch.Tensor]) -> list[int]:
+        counts = torch.stack([torch.count_nonzero(c) for c in chosen]).to(torch.int64)
+        self.backend.communicator.all_reduce_sum(counts)
+        return counts.tolist()
+
+    def _scores_finite(self, scores: Sequence[torch.Tensor]) -> bool:
+        """All ranks agree whether every score is finite; if not, the change is skipped (and
+        warned about once per step) so that NaN or Inf never decides a mask."""
+        bad = torch.zeros(1, dtype=torch.int64)
+        for score in scores:
+            if score.numel() and not bool(torch.isfinite(score).all()):
+                bad += 1
+                break
+        self.backend.communicator.all_reduce_sum(bad)
+        if int(bad):
+            if not self._skipped:
+                warnings.warn(f"gsparse: step {self.step}: non-finite mask scores (NaN/Inf in weights or "
+                              "gradients); the mask update is skipped", NonFiniteScores, stacklevel=2)
+            self._skipped = True
+            return False
+        return True
+
+    def _commit(self, layers: Sequence[int], dropped, grown, k_drop, k_grow) -> None:
         counter_dtype = counter_dtype_for(self.num_updates + 2)  # the bound after this update
-        for index, state, drop, grow, dropped_count, grown_count in zip(layers, states, dropped, grown, k_drop, k_grow):
+        for index, drop, grow, dropped_count, grown_count in zip(layers, dropped, grown, k_drop, k_grow):
+            state = self.layers[index]
             state.mask = (state.mask & ~drop) | grow
             state.active += grown_count - dropped_count
             if state.counter.dtype != counter_dtype:
@@ -214,6 +348,7 @@ class SparseEngine:
             self.backend.reset_optimizer_state(index, drop | grow)
             self._grown[index] = max(grown_count, dropped_count)
         self.backend.mask_weights([(index, self.layers[index].mask) for index in layers])
+        self._changed = True
 
     def _record_update(self) -> dict[str, Any]:
         self.num_updates += 1
@@ -227,12 +362,28 @@ class SparseEngine:
                     drop_fraction, metrics["exploration_degree"])
         return metrics
 
-    def _view(self, index: int) -> LayerView:
+    def _read_layer_parameters(self) -> None:
+        """The values of the method's per-layer parameters for this step's views (read once)."""
+        if not self.method.layer_parameters:
+            return
+        flat = [(index, name, param) for index, entry in enumerate(self.layer_parameters)
+                for name, param in entry.items()]
+        values = self.backend.read_scalars([param for _, _, param in flat])
+        self._parameter_values = [{} for _ in self.layers]
+        for (index, name, _), value in zip(flat, values):
+            self._parameter_values[index][name] = value
+
+    def _views(self, layers: Sequence[int], with_grad: bool | None = None) -> list[LayerView]:
+        with_grad = self.method.needs_grad if with_grad is None else with_grad
+        return [self._view(index, with_grad) for index in layers]
+
+    def _view(self, index: int, with_grad: bool) -> LayerView:
         layer = self.layers[index]
+        parameters = self._parameter_values[index] if self.method.layer_parameters else {}
         return LayerView(name=layer.spec.name, step=self.step, weight=self.backend.weight(index), mask=layer.mask,
-                         counter=layer.counter, grad=self.backend.grad(index) if self.method.needs_grad else None,
+                         counter=layer.counter, grad=self.backend.grad(index) if with_grad else None,
                          global_start=layer.start, seed=self.seed, state=layer.extra,
-                         target_active=layer.spec.active_count)
+                         target_active=layer.spec.active_count, parameters=parameters)
 
     # ---- metrics ---------------------------------------------------------------------------
 
@@ -250,9 +401,53 @@ class SparseEngine:
             "density": _safe_ratio(sum(active), total),
             "exploration_degree": _safe_ratio(sum(explored), total),
             "num_updates": self.num_updates,
+            "skipped_updates": self.skipped_updates,
             "layers": {layer.spec.name: {"density": _safe_ratio(a, n), "exploration_degree": _safe_ratio(e, n)}
                        for layer, a, e, n in zip(self.layers, active, explored, numels)},
         }
+
+    # ---- gathering for analysis and export -------------------------------------------------
+
+    def state_names(self) -> list[str]:
+        """The per-weight tensors kept per layer: ``mask``, ``counter`` and the method's state."""
+        return ["mask", "counter", *self.method.per_weight_state]
+
+    def gather(self, keys: Sequence[str] = ("mask",), layers: Sequence[str] | None = None,
+               rank: int | None = None) -> dict[str, dict[str, torch.Tensor]] | None:
+        """Full per-weight tensors (in the parameters' shapes) assembled from every process's piece.
+
+        A collective: every process calls it with the same arguments. ``rank=None`` returns the
+        result on every process; otherwise only on that rank (``None`` elsewhere). Layers are
+        assembled one at a time, so no process holds more than one full layer beyond the result.
+        """
+        unknown = [key for key in keys if key not in self.state_names()]
+        if unknown:
+            raise ValueError(f"cannot gather {unknown}: per-weight tensors are {self.state_names()}")
+        names = [layer.spec.name for layer in self.layers] if layers is None else list(layers)
+        by_name = {layer.spec.name: layer for layer in self.layers}
+        missing = [name for name in names if name not in by_name]
+        if missing:
+            raise ValueError(f"no sparse layers named {missing}; sparse layers are {list(by_name)}")
+        communicator = self.backend.communicator
+        result: dict[str, dict[str, torch.Tensor]] = {}
+        for name in names:
+            layer = by_name[name]
+            pieces = layer.per_weight_state()
+            result[name] = {}
+            for key in keys:
+                piece = pieces[key]
+                if communicator.world_size == 1 and piece.numel() == layer.spec.numel:
+                    full = piece.clone()
+                else:
+                    wire_dtype = _wire_dtype(piece.dtype)
+                    full = torch.zeros(layer.spec.numel, dtype=wire_dtype, device=piece.device)
+                    full[layer.start:layer.start + piece.numel()] = piece.to(wire_dtype)
+                    communicator.all_reduce_sum(full)  # the pieces are disjoint: the sum assembles them
+                    full = full.to(piece.dtype)
+                result[name][key] = full.view(layer.spec.shape)
+        if rank is not None and communicator.rank != rank:
+            return None
+        return result
 
     # ---- checkpoints -----------------------------------------------------------------------
 
@@ -261,8 +456,10 @@ class SparseEngine:
         return {
             "step": self.step,
             "num_updates": self.num_updates,
+            "skipped_updates": self.skipped_updates,
             "seed": self.seed,
             "active_weight_steps": self.active_weight_steps,
+            "layer_active_steps": list(self.layer_active_steps),
             "method_state": self.method.state_dict(),
             "layers": {
                 layer.spec.name: {"shape": tuple(layer.spec.shape), "start": layer.start, "active": layer.active,
@@ -292,11 +489,22 @@ class SparseEngine:
             layer.active = int(entry["active"])
         self.step = int(state["step"])
         self.num_updates = int(state["num_updates"])
+        self.skipped_updates = int(state.get("skipped_updates") or 0)
         self.seed = int(state["seed"])
         self.active_weight_steps = int(state.get("active_weight_steps", 0))
+        saved_layer_steps = state.get("layer_active_steps")
+        self.layer_active_steps = ([int(value) for value in saved_layer_steps] if saved_layer_steps is not None
+                                   else [0] * len(self.layers))
         self.method.load_state_dict(state.get("method_state", {}))
         self.backend.mask_weights(list(enumerate(self.masks)))
         self.backend.sync_weights()
+
+
+def _wire_dtype(dtype: torch.dtype) -> torch.dtype:
+    """A dtype every collective backend sums exactly (gloo has no bool or int16 sums)."""
+    if dtype.is_floating_point:
+        return torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.int64 if dtype == torch.int64 else torch.int32
 
 
 def _safe_ratio(numerator: float, denominator: float) -> float:

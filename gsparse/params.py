@@ -61,7 +61,9 @@ def full_shape(param: torch.nn.Parameter) -> tuple[int, ...]:
 
 def sparse_param_specs(model: torch.nn.Module, recipe) -> list[SparseParamSpec]:
     """Resolve the recipe against ``model``: sparse parameters and their exact active counts."""
-    named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # a method's own per-layer parameters (the forward seam) are never sparse themselves
+    named_params = [(n, p) for n, p in model.named_parameters()
+                    if p.requires_grad and not getattr(p, "_gsparse_layer_parameter", False)]
     owner_type = {}
     for module_name, module in model.named_modules():
         for param_name, _ in module.named_parameters(recurse=False):

@@ -5,7 +5,7 @@ Every key is checked before training starts; a bad key or value raises one
 
 .. code-block:: yaml
 
-    method: dst_ee                # dst_ee | rigl | set | static | gmp | admm
+    method: dst_ee                # dst_ee | rigl | set | static | gmp | admm | any registered method
     sparsity: 0.9                 # fraction of zeros over the sparse parameters, in [0, 1)
     distribution: erk             # uniform | er | erk
     erk_power_scale: 1.0
@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import yaml
 
 from gsparse.distributions import DISTRIBUTIONS
-from gsparse.methods import METHODS
+from gsparse.methods import available_methods, get_method
 from gsparse.options import (Option, RecipeError, boolean, choice, integer, mapping_of, number,
                              optional, resolve_options, string_list)
 from gsparse.schedules import DROP_FRACTION_DECAYS, UpdateSchedule
@@ -61,7 +61,7 @@ _SCHEDULE_OPTIONS = {
     "final_drop_fraction": Option(0.0, number(0.0, 1.0)),
 }
 _RECIPE_OPTIONS = {
-    "method": Option(check=choice(*METHODS)),
+    "method": Option(check=lambda key, value: choice(*available_methods())(key, value)),
     "sparsity": Option(check=number(0.0, 1.0, max_open=True)),
     "distribution": Option("uniform", choice(*DISTRIBUTIONS)),
     "erk_power_scale": Option(1.0, number(0.0, min_open=True)),
@@ -101,8 +101,12 @@ class Recipe:
     mask_weights_after_step: str
     source: dict  # the recipe as given, for checkpoints and logs
 
+    @property
+    def method_class(self):
+        return get_method(self.method)
+
     def build_method(self):
-        return METHODS[self.method](**self.method_args)
+        return self.method_class(**self.method_args)
 
 
 def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
@@ -129,9 +133,10 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
     params = ParamSelection(**resolve_options(top["params"], _PARAMS_OPTIONS, "params."))
     schedule_args = resolve_options(top["schedule"], _SCHEDULE_OPTIONS, "schedule.")
     schedule = _build_schedule(schedule_args)
-    if METHODS[top["method"]].needs_last_update_step and schedule.last_update_step is None:
+    method_class = get_method(top["method"])
+    if method_class.needs_last_update_step and schedule.last_update_step is None:
         raise RecipeError("schedule.last_update_step", f"method '{top['method']}' needs it (the end of its schedule)")
-    method_args = resolve_options(top["method_args"], METHODS[top["method"]].options, "method_args.")
+    method_args = resolve_options(top["method_args"], method_class.options, "method_args.")
     return Recipe(
         method=top["method"], sparsity=top["sparsity"], distribution=top["distribution"],
         erk_power_scale=top["erk_power_scale"], layer_sparsity=top["layer_sparsity"], params=params,

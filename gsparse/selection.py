@@ -102,9 +102,76 @@ def select_top_k(
         ValueError: if a layer has fewer eligible positions than ``k`` over all ranks.
     """
     communicator = communicator or LocalCommunicator()
-    num_layers = len(scores)
-    if num_layers == 0:
+    if len(scores) == 0:
         return []
+    selected, ties, still_needed = _select_above_threshold(scores, eligible, k, communicator)
+    # What is left per layer are positions whose key equals the threshold exactly; take the
+    # lowest global indices. Each rank's slice is contiguous and ranks are ordered by index, so
+    # a rank's share is what remains after the tie counts of all lower ranks.
+    tie_counts = _tie_counts(ties, communicator)
+    ties_before_me = tie_counts[: communicator.rank].sum(dim=0)
+    my_share = (still_needed - ties_before_me).clamp(min=0).tolist()
+    for layer in range(len(scores)):
+        take = min(my_share[layer], ties[layer].numel())
+        if take:
+            selected[layer][ties[layer][:take]] = True
+    return selected
+
+
+def select_top_k_global(
+    scores: Sequence[torch.Tensor],
+    eligible: Sequence[torch.Tensor | None],
+    k: int,
+    communicator: Communicator | None = None,
+) -> list[torch.Tensor]:
+    """Select the ``k`` largest eligible scores over all layers together (budgets emerge).
+
+    The same rule as :func:`select_top_k` with the layers laid end to end in their order: ties
+    are broken by (layer, global index within the layer), whatever the sharding. Arguments and
+    result are per layer as in :func:`select_top_k`; ``k`` is one number for the whole pool.
+    """
+    communicator = communicator or LocalCommunicator()
+    if len(scores) == 0:
+        return []
+    lengths = [s.numel() for s in scores]
+    pooled_scores = torch.cat([s.reshape(-1).to(torch.float32) for s in scores])
+    pooled_eligible = torch.cat([torch.ones(s.numel(), dtype=torch.bool, device=s.device) if e is None
+                                 else e.reshape(-1) for s, e in zip(scores, eligible)])
+    (selected,), (ties,), still_needed = _select_above_threshold([pooled_scores], [pooled_eligible], [k],
+                                                                 communicator)
+    # Ties in global order: all of layer 0 (rank by rank), then layer 1, ...
+    offsets = torch.tensor([0] + lengths, device=ties.device).cumsum(0)
+    layer_of_tie = torch.bucketize(ties, offsets[1:], right=True)
+    per_layer_ties = [ties[layer_of_tie == layer] for layer in range(len(scores))]
+    tie_counts = _tie_counts(per_layer_ties, communicator)  # [world, layers]
+    totals = tie_counts.sum(dim=0)
+    before = totals.cumsum(0) - totals + tie_counts[: communicator.rank].sum(dim=0)
+    my_share = (int(still_needed[0]) - before).clamp(min=0).tolist()
+    for layer, layer_ties in enumerate(per_layer_ties):
+        take = min(my_share[layer], layer_ties.numel())
+        if take:
+            selected[layer_ties[:take]] = True
+    return list(torch.split(selected, lengths))
+
+
+def _tie_counts(ties: Sequence[torch.Tensor], communicator: Communicator) -> torch.Tensor:
+    """``[world_size, layers]`` number of tied positions per rank and layer (one all-reduce)."""
+    device = ties[0].device if ties else None
+    tie_counts = torch.zeros(communicator.world_size, len(ties), dtype=torch.int64, device=device)
+    tie_counts[communicator.rank] = torch.tensor([t.numel() for t in ties], dtype=torch.int64, device=device)
+    communicator.all_reduce_sum(tie_counts)
+    return tie_counts
+
+
+def _select_above_threshold(
+    scores: Sequence[torch.Tensor],
+    eligible: Sequence[torch.Tensor | None],
+    k: Sequence[int],
+    communicator: Communicator,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """The radix passes: per layer, the positions strictly above the k-th largest key, the
+    positions (sorted) whose key equals it, and how many of those are still needed globally."""
+    num_layers = len(scores)
     device = scores[0].device
     # The running set per layer: eligible positions whose key prefix equals the threshold so far.
     # It is a whole-layer mask while many positions are in it (scores often share their top
@@ -190,20 +257,8 @@ def select_top_k(
                 at_threshold = layer_digits == threshold
                 positions[layer], keys[layer] = positions[layer][at_threshold], keys[layer][at_threshold]
 
-    # What is left per layer are positions whose key equals the threshold exactly; take the
-    # lowest global indices. Each rank's slice is contiguous and ranks are ordered by index, so
-    # a rank's share is what remains after the tie counts of all lower ranks.
     ties = [torch.nonzero(c, as_tuple=True)[0] if p is None else p for c, p in zip(candidates, positions)]
-    tie_counts = torch.zeros(communicator.world_size, num_layers, dtype=torch.int64, device=device)
-    tie_counts[communicator.rank] = torch.tensor([t.numel() for t in ties], dtype=torch.int64, device=device)
-    communicator.all_reduce_sum(tie_counts)
-    ties_before_me = tie_counts[: communicator.rank].sum(dim=0)
-    my_share = (still_needed - ties_before_me).clamp(min=0).tolist()
-    for layer in range(num_layers):
-        take = min(my_share[layer], ties[layer].numel())
-        if take:
-            selected[layer][ties[layer][:take]] = True
-    return selected
+    return selected, ties, still_needed
 
 
 def reference_top_k(scores: torch.Tensor, eligible: torch.Tensor | None, k: int) -> torch.Tensor:

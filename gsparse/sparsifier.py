@@ -1,26 +1,76 @@
 """The single-process entry point: attach a recipe to a model and its optimizer."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from gsparse.backends.pytorch import TorchBackend
 from gsparse.engine import SparseEngine
+from gsparse.forward import add_to_optimizer, install_forward_transforms, layer_parameters_of, prepare_model
 from gsparse.params import sparse_param_specs
 from gsparse.recipe import Recipe, load_recipe
 
 
-class Sparsifier:
+class SparseState:
+    """What every sparsifier (plain PyTorch or DeepSpeed) offers over its engine."""
+
+    engine: SparseEngine
+    recipe: Recipe
+
+    @property
+    def step(self) -> int:
+        """Number of optimizer steps taken so far."""
+        return self.engine.step
+
+    @property
+    def last_update(self) -> dict[str, Any] | None:
+        """What the latest mask update did, with its metrics; ``None`` before the first."""
+        return self.engine.last_update
+
+    def metrics(self) -> dict[str, Any]:
+        """Density (global and per layer), exploration degree and skipped updates (a collective
+        under DeepSpeed: call on all ranks)."""
+        return self.engine.metrics()
+
+    def update_masks(self) -> dict[str, Any]:
+        """Run a mask update now, outside the schedule (gradients must be populated)."""
+        return self.engine.update_masks()
+
+    def gather_state(self, keys: Sequence[str] = ("mask", "counter"), layers: Sequence[str] | None = None,
+                     rank: int | None = None) -> dict[str, dict[str, torch.Tensor]] | None:
+        """Full masks, counters and the method's per-weight state of some or all sparse layers,
+        ``{layer: {key: tensor in the parameter's shape}}``, on every rank (``rank=None``) or on
+        one rank (``None`` elsewhere). A collective under DeepSpeed: every rank calls it."""
+        return self.engine.gather(keys, layers, rank)
+
+    def gather_masks(self, layers: Sequence[str] | None = None, rank: int | None = None) -> dict[str, torch.Tensor] | None:
+        """Full bool masks by parameter name (see :meth:`gather_state`)."""
+        state = self.gather_state(("mask",), layers, rank)
+        return None if state is None else {name: entry["mask"] for name, entry in state.items()}
+
+    def gather_counters(self, layers: Sequence[str] | None = None, rank: int | None = None) -> dict[str, torch.Tensor] | None:
+        """Full counters by parameter name (see :meth:`gather_state`)."""
+        state = self.gather_state(("counter",), layers, rank)
+        return None if state is None else {name: entry["counter"] for name, entry in state.items()}
+
+    def remove(self) -> None:
+        """Detach the optimizer and forward hooks (masks stay applied to the weights)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+
+class Sparsifier(SparseState):
     """Sparse training for a plain PyTorch model, driven by the optimizer's own step.
 
     Construction makes the model sparse (exactly ``round(density * numel)`` active weights per
-    sparse layer) and registers hooks on ``optimizer``: before every ``optimizer.step()`` the mask
-    is updated if the schedule says so (drop by magnitude, grow by the method's score on the
-    gradients of that step), the gradients of inactive weights are zeroed and the optimizer state
-    of changed weights is reset; after it the inactive weights are zeroed again, unless the
-    optimizer provably keeps them zero (see the recipe's ``mask_weights_after_step``). The training
-    loop stays unchanged::
+    sparse layer, or what the method's initial budget says) and registers hooks on ``optimizer``:
+    before every ``optimizer.step()`` the method observes and the masks change if it says so
+    (e.g. drop by magnitude, grow by a score on the gradients of that step), the gradients of
+    inactive weights are zeroed and the optimizer state of changed weights is reset; after it the
+    inactive weights are zeroed again, unless the optimizer provably keeps them zero (see the
+    recipe's ``mask_weights_after_step``). The training loop stays unchanged::
 
         sparsifier = gsparse.Sparsifier(model, optimizer, "recipes/dst_ee.yaml")
         for batch in loader:
@@ -29,23 +79,26 @@ class Sparsifier:
             optimizer.step()          # masks update here every update_interval steps
 
     Steps are counted per real ``optimizer.step()`` (a ``GradScaler`` step skipped on overflow
-    does not count). Checkpoint with :meth:`state_dict` next to the model and optimizer.
+    does not count). Methods with per-layer trainable parameters (the forward seam) get them
+    registered on the model and added to ``optimizer`` here. Checkpoint with :meth:`state_dict`
+    next to the model and optimizer.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  recipe: str | Mapping[str, Any] | Recipe):
         self.recipe = load_recipe(recipe)
+        prepare_model(model, self.recipe)
         self.specs = sparse_param_specs(model, self.recipe)
         parameters = dict(model.named_parameters())
         self.params = [parameters[spec.name] for spec in self.specs]
+        names = [spec.name for spec in self.specs]
+        method_class = self.recipe.method_class
+        layer_parameters = layer_parameters_of(model, names, method_class)
+        add_to_optimizer(optimizer, [p for entry in layer_parameters for p in entry.values()])
         self.backend = TorchBackend(self.params, optimizer)
-        self.engine = SparseEngine.from_recipe(self.specs, self.recipe, self.backend)
+        self.engine = SparseEngine.from_recipe(self.specs, self.recipe, self.backend, layer_parameters)
         self._hooks = self.backend.install_step_hooks(self.engine)
-
-    @property
-    def step(self) -> int:
-        """Number of optimizer steps taken so far."""
-        return self.engine.step
+        self._hooks += install_forward_transforms(model, names, self.engine.method, layer_parameters)
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -57,27 +110,8 @@ class Sparsifier:
         """How many mask states (the initial one and one per update) had each weight active."""
         return {spec.name: layer.counter.view(spec.shape) for spec, layer in zip(self.specs, self.engine.layers)}
 
-    @property
-    def last_update(self) -> dict[str, Any] | None:
-        """What the latest mask update did, with its metrics; ``None`` before the first."""
-        return self.engine.last_update
-
-    def metrics(self) -> dict[str, Any]:
-        """Density (global and per layer) and exploration degree right now."""
-        return self.engine.metrics()
-
-    def update_masks(self) -> dict[str, Any]:
-        """Run a mask update now, outside the schedule (gradients must be populated)."""
-        return self.engine.update_masks()
-
     def state_dict(self) -> dict[str, Any]:
         return {"engine": self.engine.state_dict(), "recipe": self.recipe.source}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.engine.load_state_dict(state["engine"])
-
-    def remove(self) -> None:
-        """Detach the optimizer hooks (masks stay applied to the weights)."""
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = []

@@ -9,7 +9,7 @@ on link prediction, as in the DST-EE paper's Tables 3-4 and Figure 3:
 """
 import sys
 
-from gsparse.compare import main
+from gsparse.tasks.linkpred.compare import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -8,7 +8,7 @@
 """
 import sys
 
-from gsparse.linkpred.cli import main
+from gsparse.tasks.linkpred.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

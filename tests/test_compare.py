@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gsparse import compare
-from gsparse.compare import CompareError, CompareSettings
+from gsparse.tasks.linkpred import compare
+from gsparse.tasks.linkpred.compare import CompareError, CompareSettings
 
 # dense 150 x 0.02 = 3 epochs, DST-EE 50 x 0.02 = 1, ADMM 1 + 1 + 1: the sparse cells cost less than dense
 TINY = ["--methods", "dense", "dst_ee", "admm", "--sparsities", "0.9", "--seeds", "0", "--epochs-scale", "0.02",

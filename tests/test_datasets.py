@@ -1,16 +1,16 @@
-"""Dataset cards (graphs/*.yaml) and load_dataset: lookup, count checks and the missing-file message."""
+"""Dataset cards (gsparse/tasks/graphs/cards/*.yaml) and load_dataset: lookup, count checks and the missing-file message."""
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gsparse.graphs import (DATA_DIR_ENV, DatasetError, check_dataset_counts, dataset_card, list_datasets,
+from gsparse.tasks.graphs import (DATA_DIR_ENV, DatasetError, check_dataset_counts, dataset_card, list_datasets,
                             load_dataset, load_edges, read_card, resolve_data_dir)
-from gsparse.graphs.datasets import CARDS_DIR, DEFAULT_DATA_DIR
+from gsparse.tasks.graphs.datasets import CARDS_DIR, DEFAULT_DATA_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLED_COLLEGEMSG = REPO / "graphs" / "samples" / "CollegeMsg.txt"
+BUNDLED_COLLEGEMSG = REPO / "gsparse" / "tasks" / "graphs" / "cards" / "samples" / "CollegeMsg.txt"
 
 
 @pytest.fixture(autouse=True)
@@ -18,9 +18,9 @@ def no_data_dir_from_the_environment(monkeypatch):
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
 
 
-def test_cards_folder_is_the_repository_graphs_folder():
-    assert CARDS_DIR == REPO / "graphs"
-    assert DEFAULT_DATA_DIR == REPO / "graphs" / "data"
+def test_cards_ship_in_the_package_and_data_defaults_to_the_checkouts_graphs_folder():
+    assert CARDS_DIR == REPO / "gsparse" / "tasks" / "graphs" / "cards"
+    assert DEFAULT_DATA_DIR == REPO / "graphs" / "data"  # a source checkout; installed: ~/.cache/gsparse/graphs
 
 
 def test_known_datasets():

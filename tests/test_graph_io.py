@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gsparse.graphs import GraphFormatError, detect_format, load_edges, remap_nodes
+from gsparse.tasks.graphs import GraphFormatError, detect_format, load_edges, remap_nodes
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLED_COLLEGEMSG = REPO / "graphs" / "samples" / "CollegeMsg.txt"
+BUNDLED_COLLEGEMSG = REPO / "gsparse" / "tasks" / "graphs" / "cards" / "samples" / "CollegeMsg.txt"
 SHARED_COLLEGEMSG = REPO.parent / "shared" / "data" / "CollegeMsg.txt"
 
 

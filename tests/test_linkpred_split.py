@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gsparse.linkpred.split as split_module
-from gsparse.linkpred.split import (
+import gsparse.tasks.linkpred.split as split_module
+from gsparse.tasks.linkpred.split import (
     LinkSplit,
     NegativeSamplingError,
     random_split,
@@ -12,7 +12,7 @@ from gsparse.linkpred.split import (
     temporal_split,
 )
 
-COLLEGE_MSG = Path(__file__).resolve().parents[1] / "graphs" / "samples" / "CollegeMsg.txt"
+COLLEGE_MSG = Path(__file__).resolve().parents[1] / "gsparse" / "tasks" / "graphs" / "cards" / "samples" / "CollegeMsg.txt"
 PARTS = ("train", "val", "test")
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gsparse.linkpred import LinkPredConfig, train_link_prediction
-from gsparse.linkpred.cli import main as cli_main
+from gsparse.tasks.linkpred import LinkPredConfig, train_link_prediction
+from gsparse.tasks.linkpred.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = str(ROOT / "recipes" / "linkpred_dst_ee.yaml")
@@ -45,7 +45,7 @@ def test_walk_feature_pipeline_learns(tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
-    from gsparse.linkpred import train as train_module
+    from gsparse.training import runner as train_module
 
     args = ["--epochs", "3", "--recipe", RECIPE, "--no-progress"]
     cli_main(args + ["--run_dir", str(tmp_path / "straight")])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from gsparse.linkpred.walks import (
+from gsparse.tasks.linkpred.walks import (
     TemporalGraph,
     context_pairs,
     _RowAdam,
@@ -16,7 +16,7 @@ from gsparse.linkpred.walks import (
     train_skipgram,
 )
 
-COLLEGE_MSG = Path(__file__).resolve().parents[1] / "graphs" / "samples" / "CollegeMsg.txt"
+COLLEGE_MSG = Path(__file__).resolve().parents[1] / "gsparse" / "tasks" / "graphs" / "cards" / "samples" / "CollegeMsg.txt"
 CHI2_2DOF_P001 = 13.82  # chi-square critical values at p = 0.001
 CHI2_3DOF_P001 = 16.27
 

@@ -51,7 +51,7 @@ def results(tmp_path_factory) -> dict:
     workdir = tmp_path_factory.mktemp("zero")
     # 1. Two ranks: training equality at every stage, selection on real partitions, resume,
     #    and the checkpoint the resharding launches read.
-    _run([_torchrun(2, "train,select,resume,reshard_save", workdir, "two",
+    _run([_torchrun(2, "train,select,resume,reshard_save,seams,admm_groups,gather,nonfinite", workdir, "two",
                     ("--train-configs", ",".join(TRAIN_CONFIGS)))], workdir / "two.log")
     # 2. One rank: resume the two-rank checkpoint, then save one of its own.
     _run([_torchrun(1, "reshard_load_from_2,reshard_save,refusals,fp16_overflow", workdir, "one")],
@@ -152,3 +152,47 @@ def test_overflow_skipped_step_is_no_step(results):
         # the update falls on the 10th real step, i.e. the 12th call, not on a skipped one
         assert entry["updates_after_step"][9:12] == [0, 0, 1]
         assert entry["low_precision_nonzero"] == 0
+
+
+SEAM_CASES = [f"{stage}-{method}" for stage in (2, 3) for method in ("toy_dense_then_global", "toy_soft_threshold")]
+
+
+@pytest.mark.parametrize("case", SEAM_CASES)
+def test_toy_methods_on_the_seams_equal_single_process(results, case):
+    """tests/test_method_seams.py's toys (moving global budgets from an observed score; a learnable
+    soft threshold in forward) at ZeRO-2/3 on 2 ranks: exact counts every step, same masks."""
+    entry = results[f"two:seams/{case}"]
+    assert entry["violations"] == {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0, "budget": 0}
+    assert entry["masks_equal"] and entry["counters_equal"]
+    assert entry["max_weight_diff"] <= 1e-6
+    assert entry["updates"] == (4 if "dense_then_global" in case else 10)
+    assert entry["local_numel"] <= (48 * 12 + 32 * 48 + 4 * 32) // 2 + 64  # sharded like the partitions
+    if "soft_threshold" in case:
+        assert {"0.weight_threshold", "2.weight_threshold", "4.weight_threshold"} <= set(entry["weights_compared"])
+        assert entry["layer_parameter_values"] == entry["reference_layer_parameter_values"]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_admm_rho_grows_once_per_round_with_several_groups(results, stage):
+    entry = results[f"two:admm_groups/{stage}"]
+    assert entry["groups"] >= 2
+    assert entry["rho"] == pytest.approx(0.05 * 1.5 ** 3) and entry["rho"] == entry["reference_rho"]
+    assert entry["masks_equal"] and entry["counters_equal"] and entry["max_weight_diff"] <= 1e-6
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_gather_full_state_on_every_rank_or_one(results, stage):
+    assert results[f"two:gather/{stage}"] == {"masks_equal": True, "counters_equal": True, "shapes_equal": True,
+                                              "rank0_only": True}
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_nonfinite_under_zero(results, stage):
+    loss = results[f"two:nonfinite_loss/{stage}"]
+    assert loss["ds_skipped_steps"] == 1 and loss["sparse_steps"] == 11  # DeepSpeed skips a NaN step
+    assert loss["violations"] == {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
+    scores = results[f"two:nonfinite_scores/{stage}"]
+    # NaN on the last rank only: every rank skipped the update at step 10, as one process does
+    assert scores["skipped_updates"] == scores["reference_skipped_updates"] == 1 and scores["num_updates"] == 1
+    assert scores["masks_equal"] and scores["counters_equal"] and scores["max_weight_diff"] <= 1e-6
+    assert scores["violations"] == {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}

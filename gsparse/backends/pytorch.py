@@ -65,18 +65,3 @@ class TorchBackend(Backend):
 
         return [self.optimizer.register_step_pre_hook(before_step),
                 self.optimizer.register_step_post_hook(after_step)]
-
-
-class ReplicatedMasterBackend(TorchBackend):
-    """Replicated training with fp32 master copies per parameter (DeepSpeed's unfused fp16/bf16
-    optimizer at ZeRO stage 0): the masters are stepped; the model's low-precision parameters are
-    copies refreshed after every step by DeepSpeed and here after changes made outside a step."""
-
-    def __init__(self, params, masters, inner_optimizer):
-        super().__init__(masters, inner_optimizer)
-        self.low_precision = list(params)
-
-    @torch.no_grad()
-    def sync_weights(self) -> None:
-        for low_precision, master in zip(self.low_precision, self.params):
-            low_precision.copy_(master)

@@ -1,12 +1,16 @@
-"""Sparse-training methods by recipe name."""
+"""Sparse-training methods by recipe name; see :mod:`gsparse.methods.base` for the contract."""
 from gsparse.methods.admm import ADMM
-from gsparse.methods.base import DropGrowMethod, LayerView
+from gsparse.methods.base import DropGrowMethod, LayerInfo, LayerView, MaskChange, PruneFromDenseMethod, SparseMethod
 from gsparse.methods.dst_ee import DSTEE
 from gsparse.methods.gmp import GMP
+from gsparse.methods.registry import METHODS, available_methods, get_method, register_method
 from gsparse.methods.rigl import RigL
 from gsparse.methods.set import SET
 from gsparse.methods.static import Static
 
-METHODS: dict[str, type[DropGrowMethod]] = {cls.name: cls for cls in (DSTEE, RigL, SET, Static, GMP, ADMM)}
+for _cls in (DSTEE, RigL, SET, Static, GMP, ADMM):
+    register_method(_cls.name, _cls)
 
-__all__ = ["METHODS", "DropGrowMethod", "LayerView", "ADMM", "DSTEE", "GMP", "RigL", "SET", "Static"]
+__all__ = ["METHODS", "ADMM", "DSTEE", "DropGrowMethod", "GMP", "LayerInfo", "LayerView", "MaskChange",
+           "PruneFromDenseMethod", "RigL", "SET", "SparseMethod", "Static", "available_methods", "get_method",
+           "register_method"]

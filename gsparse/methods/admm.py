@@ -11,13 +11,12 @@ each layer is pruned by magnitude to its target; the mask stays fixed afterwards
 """
 import torch
 
-from gsparse.methods.base import DropGrowMethod, LayerView
+from gsparse.methods.base import LayerView, PruneFromDenseMethod
 from gsparse.options import Option, integer, number
 
 
-class ADMM(DropGrowMethod):
+class ADMM(PruneFromDenseMethod):
     name = "admm"
-    grows = False
     shapes_gradients = True
     per_weight_state = {"Z": torch.float32, "U": torch.float32}
     options = {
@@ -36,19 +35,31 @@ class ADMM(DropGrowMethod):
     def prune_step(self) -> int:
         return self.args.pretrain_steps + self.args.admm_steps + 1
 
-    def pruned_fraction(self, step: int, schedule) -> float:
+    @property
+    def first_admm_step(self) -> int:
+        return self.args.pretrain_steps + 1
+
+    def pruned_fraction(self, step: int) -> float:
         return 0.0 if step < self.prune_step else 1.0
 
-    def is_update_step(self, step: int, schedule) -> bool:
+    def is_update_step(self, step: int) -> bool:
         return step == self.prune_step
 
+    def _is_round(self, step: int) -> bool:
+        return self.first_admm_step <= step < self.prune_step and \
+            (step - self.first_admm_step) % self.args.admm_interval == 0
+
+    def begin_step(self, step: int) -> None:
+        # rho is one number for the whole model: it grows once per round, however many
+        # parameter groups (ZeRO step groups) the round's projections are split into.
+        if self._is_round(step) and step > self.first_admm_step:
+            self.rho *= self.args.rho_growth
+
     def gradient_terms(self, layers: list[LayerView], select) -> list[torch.Tensor | None]:
-        first = self.args.pretrain_steps + 1
-        if not layers or not first <= layers[0].step < self.prune_step:
+        if not layers or not self.first_admm_step <= layers[0].step < self.prune_step:
             return [None] * len(layers)
-        since_first = layers[0].step - first
-        if since_first % self.args.admm_interval == 0:
-            self._admm_round(layers, select, first_round=since_first == 0)
+        if self._is_round(layers[0].step):
+            self._admm_round(layers, select, first_round=layers[0].step == self.first_admm_step)
         return [self.rho * (layer.weight - layer.state["Z"] + layer.state["U"]) for layer in layers]
 
     def _admm_round(self, layers: list[LayerView], select, first_round: bool) -> None:
@@ -56,8 +67,6 @@ class ADMM(DropGrowMethod):
         if first_round:
             for layer in layers:
                 layer.state["U"].zero_()
-        else:
-            self.rho *= self.args.rho_growth
         targets = [layer.weight + layer.state["U"] for layer in layers]
         keep = select([target.abs() for target in targets], [None] * len(layers),
                       [layer.target_active for layer in layers])

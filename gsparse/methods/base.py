@@ -1,17 +1,40 @@
-"""The drop/grow method base class: a method is a drop score, a grow score and its options.
+"""The method contract: what a sparse-training method decides, and nothing about where tensors live.
 
-Everything else (top-k, masks, counters, optimizer-state reset, sharding, checkpoints) lives in
-:mod:`gsparse.engine` and the backends, so a method never knows how its tensors are sharded.
+A method is a small class on two seams of the engine (:mod:`gsparse.engine`):
+
+**Policy seam** (every method). Per optimizer step the engine asks, in this order:
+
+1. :meth:`SparseMethod.begin_step` - once per step, for step-level state (ADMM's ``rho``).
+2. :meth:`SparseMethod.mask_change` - ``None`` (masks stay) or a :class:`MaskChange`: swap a
+   fraction (drop ``k`` / grow ``k``), resize to per-layer counts or to one global count
+   (budgets may rise or fall), or reselect the top counts by :meth:`keep_score`. A *global*
+   change (one count over all layers) is decided at the start of the step from weights and
+   method state only; a per-layer change is decided per layer and may read this step's dense
+   gradient (``needs_grad``).
+3. :meth:`SparseMethod.observe` - every step, for every layer, before gradients are masked
+   (``observes = True``): update the method's per-weight state (``per_weight_state``) from the
+   weight and the dense gradient, e.g. an accumulated score.
+4. :meth:`SparseMethod.gradient_terms` - terms added to the gradient (``shapes_gradients``).
+
+Scores and observations see :class:`LayerView` s: 1-D tensors over the piece of a layer this
+process holds (all of it in one process, a ZeRO partition under DeepSpeed). Scores must be
+elementwise. Per-weight state is sharded exactly like the mask and checkpointed with it.
+
+**Forward seam** (optional, ``transforms_forward = True``). :meth:`forward_weight` maps a sparse
+layer's full weight (gathered, under ZeRO-3) and the layer's own trainable parameters
+(``layer_parameters``: name -> initial value, one scalar per layer, trained by the optimizer)
+to the weight used in forward; it may use a custom autograd function to shape the backward.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
 from gsparse import hashrng
+from gsparse.distributions import round_half_up
 from gsparse.options import Option, resolve_options
 
 
@@ -30,6 +53,7 @@ class LayerView:
     seed: int
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's per-weight state (writable)
     target_active: int = 0  # the recipe's number of active weights for the whole layer
+    parameters: dict[str, float] = field(default_factory=dict)  # the layer's own trainable scalars, if any
     _random_draws: int = field(default=0, repr=False)
 
     def uniform(self) -> torch.Tensor:
@@ -39,39 +63,140 @@ class LayerView:
         return hashrng.uniform(key, self.global_start, self.weight.numel(), self.weight.device)
 
 
-class DropGrowMethod:
-    """Base of all mask-updating methods.
+@dataclass(frozen=True)
+class LayerInfo:
+    """A sparse layer as a method sees it at setup: full shape and the recipe's active count."""
 
-    At every update step, per layer, the ``k`` active weights with the lowest :meth:`drop_score`
-    are dropped and the ``k`` inactive weights with the highest :meth:`grow_score` are grown.
-    Methods that prune from dense (``grows = False``) only drop, down to the active count their
-    :meth:`pruned_fraction` sets.
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    target_active: int
+
+
+@dataclass(frozen=True)
+class MaskChange:
+    """What the engine does to the masks at one step. Build with the class methods.
+
+    * ``swap``: per layer drop ``round(drop_fraction * active)`` active weights (lowest
+      :meth:`SparseMethod.drop_score`) and grow as many inactive ones (highest grow score).
+    * ``resize``: reach the given active counts - per layer (``layer_counts``) or one number over
+      all layers (``total``) - by dropping (lowest drop score) or growing (highest grow score).
+    * ``reselect``: the new mask is the top counts by :meth:`SparseMethod.keep_score` over all
+      weights, active or not (per layer or global).
+    """
+
+    kind: str
+    drop_fraction: float = 0.0
+    layer_counts: tuple[int, ...] | None = None
+    total: int | None = None
+
+    @classmethod
+    def swap(cls, drop_fraction: float) -> "MaskChange":
+        return cls("swap", drop_fraction=float(drop_fraction))
+
+    @classmethod
+    def resize(cls, layer_counts: Sequence[int] | None = None, total: int | None = None) -> "MaskChange":
+        return cls("resize", **_counts(layer_counts, total))
+
+    @classmethod
+    def reselect(cls, layer_counts: Sequence[int] | None = None, total: int | None = None) -> "MaskChange":
+        return cls("reselect", **_counts(layer_counts, total))
+
+    @property
+    def is_global(self) -> bool:
+        return self.total is not None
+
+
+def _counts(layer_counts, total) -> dict:
+    if (layer_counts is None) == (total is None):
+        raise ValueError("give exactly one of layer_counts (per layer) or total (global)")
+    if total is not None:
+        return {"total": int(total)}
+    return {"layer_counts": tuple(int(count) for count in layer_counts)}
+
+
+class SparseMethod:
+    """Base of every method; the defaults are a sparse-from-scratch method whose masks never move.
+
+    Class attributes declare what the engine must provide: ``needs_grad`` (dense gradients in
+    per-layer scores and :meth:`observe`), ``observes``, ``shapes_gradients``,
+    ``per_weight_state`` (name -> dtype of extra per-weight tensors, zero-initialised),
+    ``regrow_dropped`` (may a swap grow a weight it just dropped), ``needs_last_update_step``
+    (its schedule needs ``schedule.last_update_step``), ``transforms_forward`` and
+    ``layer_parameters`` (the forward seam).
     """
 
     name: ClassVar[str]
     options: ClassVar[Mapping[str, Option]] = {}
-    updates_mask: ClassVar[bool] = True
     needs_grad: ClassVar[bool] = False
-    regrow_dropped: ClassVar[bool] = False  # may a weight dropped at this update be grown again?
-    grows: ClassVar[bool] = True
-    shapes_gradients: ClassVar[bool] = False  # does gradient_terms add anything?
-    per_weight_state: ClassVar[Mapping[str, torch.dtype]] = {}  # extra per-weight tensors to keep
-    needs_last_update_step: ClassVar[bool] = False  # does its schedule need schedule.last_update_step?
+    observes: ClassVar[bool] = False
+    regrow_dropped: ClassVar[bool] = False
+    shapes_gradients: ClassVar[bool] = False
+    per_weight_state: ClassVar[Mapping[str, torch.dtype]] = {}
+    needs_last_update_step: ClassVar[bool] = False
+    transforms_forward: ClassVar[bool] = False
+    layer_parameters: ClassVar[Mapping[str, float]] = {}
 
     def __init__(self, **args: Any):
         self.args = SimpleNamespace(**resolve_options(args, self.options, "method_args."))
+        self.layers: list[LayerInfo] = []
+        self.schedule = None
 
-    def pruned_fraction(self, step: int, schedule) -> float:
-        """Fraction of the way from dense to the target sparsity at ``step`` (1: sparse from scratch)."""
-        return 1.0
+    def setup(self, layers: Sequence[LayerInfo], schedule) -> None:
+        """Called once by the engine before the initial mask: the sparse layers and the schedule."""
+        self.layers = list(layers)
+        self.schedule = schedule
 
-    def is_update_step(self, step: int, schedule) -> bool:
-        return schedule.is_update_step(step)
+    # ---- policy ------------------------------------------------------------------------------
+
+    def initial_change(self) -> MaskChange:
+        """The initial mask: the top counts of a random score (default: the recipe's counts)."""
+        return MaskChange.reselect(layer_counts=[layer.target_active for layer in self.layers])
+
+    def begin_step(self, step: int) -> None:
+        """Once per optimizer step (steps count from 1), before anything else of that step."""
+
+    def mask_change(self, step: int) -> MaskChange | None:
+        """How the masks change at ``step``; ``None``: they stay."""
+        return None
+
+    def forced_change(self, step: int) -> MaskChange | None:
+        """The change for an update asked for outside the schedule (``Sparsifier.update_masks``)."""
+        return self.mask_change(step)
+
+    def observe(self, layers: list[LayerView]) -> None:
+        """Every step (``observes``): update ``layer.state`` from weights and dense gradients."""
 
     def gradient_terms(self, layers: list[LayerView], select) -> list[torch.Tensor | None]:
         """Terms added to each layer's gradient before masking (``shapes_gradients`` methods).
         ``select(scores, eligible, k)`` is the exact per-layer top-k over all processes."""
         return [None] * len(layers)
+
+    def drop_score(self, layer: LayerView) -> torch.Tensor:
+        """Active weights with the lowest scores are dropped (default: magnitude)."""
+        return layer.weight.abs()
+
+    def grow_score(self, layer: LayerView) -> torch.Tensor:
+        """Inactive weights with the highest scores are grown (default: random, keyed by index)."""
+        return layer.uniform()
+
+    def keep_score(self, layer: LayerView) -> torch.Tensor:
+        """For ``reselect`` changes: the weights with the highest scores are active (default: magnitude)."""
+        return layer.weight.abs()
+
+    # ---- forward seam ------------------------------------------------------------------------
+
+    def forward_weight(self, weight: torch.Tensor, parameters: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The weight used in forward (``transforms_forward``), from the full weight and the
+        layer's own parameters (each a 1-element tensor)."""
+        return weight
+
+    # ---- helpers and checkpoints -------------------------------------------------------------
+
+    def counts_at_fraction(self, pruned_fraction: float) -> list[int]:
+        """Per-layer active counts a fraction of the way from dense (0) to the recipe's counts (1)."""
+        return [layer.numel - round_half_up(pruned_fraction * (layer.numel - layer.target_active))
+                for layer in self.layers]
 
     def state_dict(self) -> dict:
         return {}
@@ -79,10 +204,37 @@ class DropGrowMethod:
     def load_state_dict(self, state: dict) -> None:
         pass
 
-    def drop_score(self, layer: LayerView) -> torch.Tensor:
-        """Active weights with the lowest scores are dropped (default: magnitude)."""
-        return layer.weight.abs()
 
-    def grow_score(self, layer: LayerView) -> torch.Tensor:
-        """Inactive weights with the highest scores are grown."""
+class DropGrowMethod(SparseMethod):
+    """Sparse from scratch, a swap on the schedule (RigL's drop/grow updater): subclasses only
+    change :meth:`drop_score` / :meth:`grow_score`."""
+
+    def mask_change(self, step: int) -> MaskChange | None:
+        if not self.schedule.is_update_step(step):
+            return None
+        return self.forced_change(step)
+
+    def forced_change(self, step: int) -> MaskChange | None:
+        return MaskChange.swap(self.schedule.drop_fraction_at(step))
+
+
+class PruneFromDenseMethod(SparseMethod):
+    """Starts dense and prunes (drop only) towards the recipe's counts along :meth:`pruned_fraction`."""
+
+    def pruned_fraction(self, step: int) -> float:
+        """Fraction of the way from dense to the target counts at ``step``."""
         raise NotImplementedError
+
+    def is_update_step(self, step: int) -> bool:
+        return self.schedule.is_update_step(step)
+
+    def initial_change(self) -> MaskChange:
+        return MaskChange.reselect(layer_counts=self.counts_at_fraction(self.pruned_fraction(0)))
+
+    def mask_change(self, step: int) -> MaskChange | None:
+        if not self.is_update_step(step):
+            return None
+        return self.forced_change(step)
+
+    def forced_change(self, step: int) -> MaskChange | None:
+        return MaskChange.resize(layer_counts=self.counts_at_fraction(self.pruned_fraction(step)))

@@ -2,15 +2,14 @@
 update step between ``first_update_step`` (t0) and ``last_update_step`` (t0 + nΔt), following the
 cubic schedule ``s_t = s_f (1 - (t - t0) / (nΔt))^3`` subtracted from ``s_f`` (initial sparsity 0):
 ``s_t = s_f * (1 - (1 - p)^3)`` with ``p = (t - t0) / (nΔt)``. Pruned weights never come back."""
-from gsparse.methods.base import DropGrowMethod
+from gsparse.methods.base import PruneFromDenseMethod
 
 
-class GMP(DropGrowMethod):
+class GMP(PruneFromDenseMethod):
     name = "gmp"
-    grows = False
     needs_last_update_step = True
 
-    def pruned_fraction(self, step: int, schedule) -> float:
-        start, end = schedule.first_update_step, schedule.last_update_step
+    def pruned_fraction(self, step: int) -> float:
+        start, end = self.schedule.first_update_step, self.schedule.last_update_step
         progress = min(max((step - start) / max(end - start, 1), 0.0), 1.0)
         return 1.0 - (1.0 - progress) ** 3

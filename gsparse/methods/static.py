@@ -1,7 +1,6 @@
 """Static sparsity: the initial (random, per-layer distributed) mask never changes."""
-from gsparse.methods.base import DropGrowMethod
+from gsparse.methods.base import SparseMethod
 
 
-class Static(DropGrowMethod):
+class Static(SparseMethod):
     name = "static"
-    updates_mask = False

@@ -16,14 +16,15 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests.* modules
 import deepspeed  # noqa: E402
 from deepspeed.utils import safe_get_full_fp32_param  # noqa: E402
 
 import gsparse  # noqa: E402
 import gsparse.deepspeed as gds  # noqa: E402
-from gsparse.backends.zero import UnsupportedLayout  # noqa: E402
-from gsparse.backends.zero import ProcessGroupCommunicator  # noqa: E402
+from gsparse.deepspeed import UnsupportedLayout  # noqa: E402
 from gsparse.selection import reference_top_k, select_top_k  # noqa: E402
+from tests.test_method_seams import expected_total, toy_recipe  # noqa: E402  (registers the toy methods)
 
 STEPS = int(os.environ.get("GSPARSE_TEST_STEPS", "200"))
 
@@ -367,6 +368,173 @@ def scenario_refusals(results: dict):
         results["refusal/bad_recipe"] = str(error)
 
 
+def _sparse_training(engine, sparsifier, steps, check=None, poison_step=None):
+    for step in range(1, steps + 1):
+        inputs, targets = batch(step)
+        loss = torch.nn.functional.cross_entropy(engine(inputs), targets)
+        if step == poison_step:
+            loss = loss * float("nan")
+        engine.backward(loss)
+        engine.step()
+        if check is not None:
+            check(step)
+
+
+def _reference(sparse_recipe, steps, param_groups=None, poison_step=None):
+    model = make_model(0)
+    groups = model.parameters() if param_groups is None else param_groups(model)
+    optimizer = torch.optim.AdamW(groups, lr=1e-2, weight_decay=0.05)
+    sparsifier = gsparse.Sparsifier(model, optimizer, sparse_recipe)
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        inputs, targets = batch(step)
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+        (loss * float("nan") if step == poison_step else loss).backward()
+        optimizer.step()
+    return model, sparsifier
+
+
+def _compare(entry, sparsifier, engine, reference_model, reference):
+    masks, counters = full_state(sparsifier, False)
+    weights = full_weights(engine)
+    if dist.get_rank() == 0:
+        ref_weights = dict(reference_model.named_parameters())
+        entry["masks_equal"] = all(torch.equal(masks[n], m.reshape(-1)) for n, m in reference.masks.items())
+        entry["counters_equal"] = all(torch.equal(counters[n], c.reshape(-1).long())
+                                      for n, c in reference.counters.items())
+        entry["max_weight_diff"] = max(float((weights[n].reshape(-1) - p.detach().reshape(-1)).abs().max())
+                                       for n, p in ref_weights.items())
+        entry["weights_compared"] = sorted(ref_weights)
+        if reference.engine.method.layer_parameters:  # what the method's views read at the last step
+            entry["layer_parameter_values"] = sparsifier.engine._parameter_values
+            entry["reference_layer_parameter_values"] = reference.engine._parameter_values
+
+
+def scenario_seams(results: dict):
+    """The toy methods of tests/test_method_seams.py at ZeRO-2/3 against a single process."""
+    steps = 100
+    for method in ("toy_dense_then_global", "toy_soft_threshold"):
+        sparse_recipe = toy_recipe(method)
+        reference_model, reference = _reference(sparse_recipe, steps) if dist.get_rank() == 0 else (None, None)
+        for stage in (2, 3):
+            model = make_model(0)
+            engine, _, _, _, sparsifier = gds.initialize(model=model, optimizer=make_optimizer("adamw", model),
+                                                         config=ds_config(stage, sparse_recipe=sparse_recipe))
+            violations = {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0, "budget": 0}
+            checker = invariant_checker(engine, sparsifier, violations)
+
+            def check(step):
+                checker(step)
+                total = sum(layer.active for layer in sparsifier.engine.layers)
+                if method == "toy_dense_then_global" and total != expected_total(sparsifier, step):
+                    violations["budget"] += 1
+
+            _sparse_training(engine, sparsifier, steps, check)
+            entry = {"violations": violations, "updates": sparsifier.engine.num_updates,
+                     "local_numel": sum(int(m.numel()) for _, m in sparsifier.local_masks().values())}
+            _compare(entry, sparsifier, engine, reference_model, reference)
+            results[f"seams/{stage}-{method}"] = entry
+            log("seams", stage, method, entry)
+            del engine, sparsifier
+
+
+def scenario_admm_groups(results: dict):
+    """ADMM with parameters in two optimizer groups (and ZeRO-3 sub-groups): rho grows once per
+    round, not once per group."""
+    sparse_recipe = recipe("admm")
+
+    def two_groups(model):
+        return [{"params": [p for n, p in model.named_parameters() if not n.startswith("4.")]},
+                {"params": [p for n, p in model.named_parameters() if n.startswith("4.")], "weight_decay": 0.0}]
+
+    steps = 130
+    reference_model, reference = _reference(sparse_recipe, steps, two_groups) if dist.get_rank() == 0 else (None, None)
+    for stage in (1, 2, 3):
+        model = make_model(0)
+        config = ds_config(stage, sparse_recipe=sparse_recipe)
+        config["zero_optimization"]["sub_group_size"] = 1000
+        optimizer = torch.optim.AdamW(two_groups(model), lr=1e-2, weight_decay=0.05)
+        engine, _, _, _, sparsifier = gds.initialize(model=model, optimizer=optimizer, config=config)
+        _sparse_training(engine, sparsifier, steps)
+        entry = {"rho": sparsifier.engine.method.rho, "groups": len(sparsifier.backend.optimizer.param_groups)
+                 if stage != 3 else len(sparsifier.backend.flats)}
+        _compare(entry, sparsifier, engine, reference_model, reference)
+        if dist.get_rank() == 0:
+            entry["reference_rho"] = reference.engine.method.rho
+        results[f"admm_groups/{stage}"] = entry
+        log("admm_groups", stage, entry)
+        del engine, sparsifier
+
+
+def scenario_gather(results: dict):
+    """The public gather equals the test's own assembly, on every rank or on rank 0 only."""
+    for stage in (0, 2, 3):
+        engine, sparsifier = build(stage, "dst_ee")
+        train(engine, 1, 30)
+        replicated = sparsifier.backend.communicator.world_size == 1
+        masks, counters = full_state(sparsifier, replicated)
+        everywhere = sparsifier.gather_state(("mask", "counter"))
+        on_zero = sparsifier.gather_masks(rank=0)
+        shapes = {spec.name: tuple(spec.shape) for spec in sparsifier.specs}
+        entry = {
+            "masks_equal": all(torch.equal(everywhere[n]["mask"].reshape(-1), masks[n]) for n in masks),
+            "counters_equal": all(torch.equal(everywhere[n]["counter"].reshape(-1).long(), counters[n]) for n in counters),
+            "shapes_equal": all(tuple(everywhere[n]["mask"].shape) == shapes[n] for n in shapes),
+            "rank0_only": (on_zero is not None) == (dist.get_rank() == 0),
+        }
+        flags = torch.tensor([int(value) for value in entry.values()])
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)  # every rank's findings
+        results[f"gather/{stage}"] = dict(zip(entry, (bool(v) for v in flags.tolist())))
+        log("gather", stage, results[f"gather/{stage}"])
+        del engine, sparsifier
+
+
+class NaNScoreAtStep10(gsparse.methods.RigL):
+    """RigL whose grow score is NaN at the last weight of every layer at step 10 only: that weight
+    lives on the last rank, so the other ranks see only finite scores and must skip too."""
+
+    def grow_score(self, layer):
+        score = super().grow_score(layer).clone()
+        if layer.step == 10:
+            numel = next(info.numel for info in self.layers if info.name == layer.name)
+            index = torch.arange(layer.global_start, layer.global_start + score.numel())
+            score[index == numel - 1] = float("nan")
+        return score
+
+
+gsparse.register_method("test_nan_score_at_10", NaNScoreAtStep10, replace=True)
+
+
+def scenario_nonfinite(results: dict):
+    """NaN under ZeRO: a NaN loss is skipped by DeepSpeed itself (no step, so no sparse step);
+    NaN scores on one rank only make every rank skip the update, as a single process does."""
+    for stage in (2, 3):
+        engine, sparsifier = build(stage, "rigl")
+        violations = {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
+        _sparse_training(engine, sparsifier, 12, invariant_checker(engine, sparsifier, violations), poison_step=10)
+        metrics = sparsifier.metrics()
+        results[f"nonfinite_loss/{stage}"] = {"violations": violations, "skipped_updates": metrics["skipped_updates"],
+                                              "ds_skipped_steps": engine.skipped_steps, "sparse_steps": sparsifier.step}
+        log("nonfinite_loss", stage, results[f"nonfinite_loss/{stage}"])
+        del engine, sparsifier
+    sparse_recipe = dict(recipe("rigl"), method="test_nan_score_at_10")
+    reference_model, reference = _reference(sparse_recipe, 25) if dist.get_rank() == 0 else (None, None)
+    for stage in (2, 3):
+        model = make_model(0)
+        engine, _, _, _, sparsifier = gds.initialize(model=model, optimizer=make_optimizer("adamw", model),
+                                                     config=ds_config(stage, sparse_recipe=sparse_recipe))
+        violations = {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
+        _sparse_training(engine, sparsifier, 25, invariant_checker(engine, sparsifier, violations))
+        metrics = sparsifier.metrics()
+        entry = {"violations": violations, "skipped_updates": metrics["skipped_updates"],
+                 "num_updates": metrics["num_updates"]}
+        _compare(entry, sparsifier, engine, reference_model, reference)
+        if dist.get_rank() == 0:
+            entry["reference_skipped_updates"] = reference.metrics()["skipped_updates"]
+        results[f"nonfinite_scores/{stage}"] = entry
+        log("nonfinite_scores", stage, entry)
+        del engine, sparsifier
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--scenarios", required=True)
@@ -388,6 +556,14 @@ def main():
             scenario_resume(results, workdir)
         elif scenario == "fp16_overflow":
             scenario_fp16_overflow(results)
+        elif scenario == "seams":
+            scenario_seams(results)
+        elif scenario == "admm_groups":
+            scenario_admm_groups(results)
+        elif scenario == "gather":
+            scenario_gather(results)
+        elif scenario == "nonfinite":
+            scenario_nonfinite(results)
         elif scenario == "refusals":
             scenario_refusals(results)
         elif scenario == "reshard_save":
@@ -400,6 +576,11 @@ def main():
     if dist.get_rank() == 0:
         Path(args.out).write_text(json.dumps(results, indent=1))
     dist.barrier()
+    # Everything is written: leave without interpreter teardown, where DeepSpeed engines and gloo
+    # threads still alive in reference cycles occasionally abort the process ("terminate called").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,9 @@ import torch
 import torch.distributed as dist
 
 from gsparse.backends.base import Backend, zero_inactive_
+from gsparse.backends.pytorch import TorchBackend
+from gsparse.deepspeed.compat import UnsupportedLayout, require as _require
 from gsparse.selection import LocalSlice
-
-
-class UnsupportedLayout(RuntimeError):
-    """The DeepSpeed engine uses a feature or a version whose layout gsparse does not know."""
 
 
 class ProcessGroupCommunicator:
@@ -48,14 +46,6 @@ class LocalPiece:
     offset: int  # first element inside that flat tensor
     start: int  # global flat index of the first element inside the parameter
     length: int
-
-
-def _require(obj, *names: str):
-    missing = [name for name in names if not hasattr(obj, name)]
-    if missing:
-        raise UnsupportedLayout(
-            f"{type(obj).__name__} has no {', '.join(missing)}: this DeepSpeed version's ZeRO layout is not one "
-            "gsparse knows (tested: deepspeed 0.19.7-0.19.8)")
 
 
 class FlatPartitionBackend(Backend):
@@ -187,6 +177,18 @@ class Stage3Backend(FlatPartitionBackend):
         super().__init__(zero_optimizer, zero_optimizer.fp32_partitioned_groups_flat, pieces,
                          zero_optimizer.dp_process_group)
 
+    def read_scalars(self, params: Sequence[torch.nn.Parameter]) -> list[float]:
+        # Outside forward a ZeRO-3 parameter may hold no data: its element lives in the
+        # partition (ds_tensor) of the rank whose range starts at 0; one all-reduce shares it.
+        values = torch.zeros(len(params), dtype=torch.float64)
+        rank = self.communicator.rank
+        for index, param in enumerate(params):
+            _require(param, "ds_tensor")
+            if rank * param.ds_tensor.numel() == 0 and param.ds_tensor.numel():
+                values[index] = float(param.ds_tensor.reshape(-1)[0])
+        self.communicator.all_reduce_sum(values)
+        return values.tolist()
+
     @torch.no_grad()
     def sync_weights(self) -> None:
         optimizer = self.zero_optimizer
@@ -194,3 +196,18 @@ class Stage3Backend(FlatPartitionBackend):
             optimizer.fp16_partitioned_groups_flat[sub_group].copy_(optimizer.fp32_partitioned_groups_flat[sub_group])
         if optimizer.persistent_parameters:
             optimizer.persistent_parameters[0].all_gather(optimizer.persistent_parameters)
+
+
+class ReplicatedMasterBackend(TorchBackend):
+    """Replicated training with fp32 master copies per parameter (DeepSpeed's unfused fp16/bf16
+    optimizer at ZeRO stage 0): the masters are stepped; the model's low-precision parameters are
+    copies refreshed after every step by DeepSpeed and here after changes made outside a step."""
+
+    def __init__(self, params, masters, inner_optimizer):
+        super().__init__(masters, inner_optimizer)
+        self.low_precision = list(params)
+
+    @torch.no_grad()
+    def sync_weights(self) -> None:
+        for low_precision, master in zip(self.low_precision, self.params):
+            low_precision.copy_(master)

@@ -1,17 +1,20 @@
-"""Command-line front end of :func:`gsparse.linkpred.train_link_prediction`."""
+"""Command-line front end of :func:`gsparse.tasks.linkpred.train_link_prediction`."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
 
-from gsparse.linkpred.train import LinkPredConfig, train_link_prediction
+from gsparse.tasks.linkpred.train import LinkPredConfig, train_link_prediction
 
 _HELP = {
     "dataset": "dataset card name (collegemsg, ia-email, wiki-talk) or an edge-list file",
     "recipe": "gsparse recipe YAML; omit for dense training (or put it under 'gsparse' in the DeepSpeed config)",
     "deepspeed_config": "DeepSpeed JSON config: run under `deepspeed` or `torchrun`",
-    "batch_size": "global batch size (split over ranks)",
+    "batch_size": "global batch size (split over ranks and micro-batches)",
+    "accumulation_steps": "micro-batches per optimizer step (default 1; under DeepSpeed the config's "
+                          "gradient_accumulation_steps)",
+    "max_nonfinite_steps": "optimizer steps in a row with a non-finite loss before the run stops as diverged",
 }
 
 
@@ -25,7 +28,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
-            kind = type(default) if default is not None and not isinstance(default, str) else str
+            kind = next((k for k in (int, float) if str(field.type).startswith(k.__name__)), str)
             parser.add_argument(flag, type=kind, default=default, help=_HELP.get(field.name))
     parser.add_argument("--sparsity", type=float, help="override the recipe's sparsity")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
@@ -47,12 +50,19 @@ def config_from_args(args: argparse.Namespace) -> LinkPredConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gsparse.graphs import DatasetError, GraphFormatError
+    from gsparse.tasks.graphs import DatasetError, GraphFormatError
     from gsparse.options import RecipeError
+    from gsparse.training import TrainingDiverged
+
+    from gsparse.training.runner import shutdown_distributed
 
     args = build_parser().parse_args(argv)
     try:
         train_link_prediction(config_from_args(args))
+        shutdown_distributed()
+    except TrainingDiverged as error:
+        print(f"train_linkpred: error: training diverged: {error}", file=sys.stderr)
+        return 3
     except (RecipeError, DatasetError, GraphFormatError, FileNotFoundError, ValueError) as error:
         print(f"train_linkpred: error: {error}", file=sys.stderr)
         return 2

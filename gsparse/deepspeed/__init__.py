@@ -24,24 +24,17 @@ import torch
 import torch.distributed as dist
 
 from gsparse import checkpoint
-from gsparse.backends.pytorch import ReplicatedMasterBackend, TorchBackend
-from gsparse.backends.zero import PartitionedGroupsBackend, Stage3Backend, UnsupportedLayout
+from gsparse.backends.pytorch import TorchBackend
+from gsparse.deepspeed.backends import PartitionedGroupsBackend, ReplicatedMasterBackend, Stage3Backend
+from gsparse.deepspeed.compat import UnsupportedLayout, check_version
 from gsparse.engine import SparseEngine
+from gsparse.forward import add_to_optimizer, install_forward_transforms, layer_parameters_of, prepare_model
 from gsparse.params import sparse_param_specs
 from gsparse.recipe import Recipe, load_recipe
+from gsparse.sparsifier import SparseState
 
 CONFIG_KEY = "gsparse"
-TESTED_DEEPSPEED = ((0, 19, 7), (0, 19, 8))
 _SHARD_FOLDER = "gsparse"
-
-
-def _check_deepspeed_version() -> None:
-    import deepspeed
-
-    version = tuple(int(part) for part in deepspeed.__version__.split("+")[0].split(".")[:3])
-    if not TESTED_DEEPSPEED[0] <= version <= TESTED_DEEPSPEED[1]:
-        raise UnsupportedLayout(f"deepspeed {deepspeed.__version__} is not a version gsparse was tested with "
-                                f"(0.19.7-0.19.8); install one with: pip install 'deepspeed>=0.19.7,<0.19.9'")
 
 
 def _build_backend(engine, params: list[torch.nn.Parameter]):
@@ -63,11 +56,11 @@ def _build_backend(engine, params: list[torch.nn.Parameter]):
                             "(tested: fp32, bf16 and fp16 at ZeRO stages 0-3 with a torch.optim optimizer)")
 
 
-class DeepSpeedSparsifier:
+class DeepSpeedSparsifier(SparseState):
     """The sparse state of one DeepSpeed engine; see :func:`attach`."""
 
     def __init__(self, engine, recipe: str | Mapping[str, Any] | Recipe | None = None):
-        _check_deepspeed_version()
+        check_version()
         check_config(_config_dict(engine))
         if recipe is None:
             recipe = _config_dict(engine).get(CONFIG_KEY)
@@ -78,20 +71,16 @@ class DeepSpeedSparsifier:
         self.specs = sparse_param_specs(engine.module, self.recipe)
         named = dict(engine.module.named_parameters())
         self.params = [named[spec.name] for spec in self.specs]
+        names = [spec.name for spec in self.specs]
+        layer_parameters = layer_parameters_of(engine.module, names, self.recipe.method_class)
         self.backend = _build_backend(engine, self.params)
-        self.engine = SparseEngine.from_recipe(self.specs, self.recipe, self.backend)
+        self.engine = SparseEngine.from_recipe(self.specs, self.recipe, self.backend, layer_parameters)
         self._hooks = self.backend.install_step_hooks(self.engine)
+        # after DeepSpeed's own forward hooks, so that ZeRO-3 has gathered the weights
+        self._hooks += install_forward_transforms(engine.module, names, self.engine.method, layer_parameters)
         self._wrap_checkpointing(engine)
 
     # ---- state --------------------------------------------------------------------------------
-
-    @property
-    def step(self) -> int:
-        return self.engine.step
-
-    @property
-    def last_update(self) -> dict[str, Any] | None:
-        return self.engine.last_update
 
     def local_masks(self) -> dict[str, tuple[int, torch.Tensor]]:
         """This rank's piece of every mask: ``{name: (global start, 1-D bool mask)}``."""
@@ -100,16 +89,21 @@ class DeepSpeedSparsifier:
     def local_counters(self) -> dict[str, tuple[int, torch.Tensor]]:
         return {layer.spec.name: (layer.start, layer.counter) for layer in self.engine.layers}
 
-    def metrics(self) -> dict[str, Any]:
-        """Density and exploration degree over the whole model (a collective: call on all ranks)."""
-        return self.engine.metrics()
+    def gather_state(self, keys=("mask", "counter"), layers=None, rank=None):
+        state = self.engine.gather(keys, layers, None if self._replicated() else rank)
+        if rank is not None and self._replicated() and dist.get_rank() != rank:
+            return None
+        return state
+
+    def _replicated(self) -> bool:
+        """ZeRO-0 across several processes: every rank holds the whole state."""
+        return self.backend.communicator.world_size == 1 and dist.is_initialized() and dist.get_world_size() > 1
 
     # ---- checkpoints --------------------------------------------------------------------------
 
     def _shard_owner(self) -> tuple[int, int, bool]:
         communicator = self.backend.communicator
-        replicated = communicator.world_size == 1 and dist.is_initialized() and dist.get_world_size() > 1
-        writes = not replicated or dist.get_rank() == 0
+        writes = not self._replicated() or dist.get_rank() == 0
         return communicator.rank, communicator.world_size, writes
 
     def save(self, checkpoint_dir: str | Path) -> None:
@@ -188,5 +182,14 @@ def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, **
             recipe = config.get(CONFIG_KEY)
     if recipe is not None:
         recipe = load_recipe(recipe)
+        model = kwargs.get("model", args[1] if len(args) > 1 else None)
+        created = prepare_model(model, recipe) if model is not None else []
+        if created and isinstance(kwargs.get("optimizer"), torch.optim.Optimizer):
+            add_to_optimizer(kwargs["optimizer"], created)
+        elif created and kwargs.get("model_parameters") is not None:  # DeepSpeed builds the optimizer
+            groups = list(kwargs["model_parameters"])
+            groups.append({"params": created, "weight_decay": 0.0} if groups and isinstance(groups[0], dict)
+                          else created)
+            kwargs["model_parameters"] = groups if isinstance(groups[0], dict) else [*groups[:-1], *created]
     engine, optimizer, dataloader, scheduler = deepspeed.initialize(*args, **kwargs)
     return engine, optimizer, dataloader, scheduler, attach(engine, recipe)

@@ -1,9 +1,11 @@
 """Dataset cards: where each known temporal graph comes from, where its file goes, and what it holds.
 
-The cards are the YAML files in the repository's ``graphs/`` folder (the source of truth; see
-``graphs/README.md``). Data files live in the data folder: the ``data_dir`` argument, else the
-``GSPARSE_DATA`` environment variable, else ``graphs/data/`` in the repository. A card may name a
-``bundled`` file (relative to ``graphs/``) that is used when the data folder holds no copy.
+The cards are the YAML files in the repository's ``graphs/`` folder, which the package links to as
+``gsparse/tasks/graphs/cards/`` and ships as package data (see ``graphs/README.md``). Data files live in the data folder:
+the ``data_dir`` argument, else the ``GSPARSE_DATA`` environment variable, else ``graphs/data/`` of
+the source checkout the package runs from, else ``~/.cache/gsparse/graphs``. A card may name a
+``bundled`` file (relative to the card, shipped with the package: ``cards/samples/``) that is used
+when the data folder holds no copy.
 """
 from __future__ import annotations
 
@@ -14,10 +16,20 @@ from pathlib import Path
 
 import yaml
 
-from gsparse.graphs.io import FORMATS, TemporalEdges, load_edges, remap_nodes
+from gsparse.tasks.graphs.io import FORMATS, TemporalEdges, load_edges, remap_nodes
 
-CARDS_DIR = Path(__file__).resolve().parents[2] / "graphs"
-DEFAULT_DATA_DIR = CARDS_DIR / "data"
+CARDS_DIR = Path(__file__).resolve().parent / "cards"  # package data: found wherever gsparse is installed
+
+
+def _default_data_dir() -> Path:
+    """``graphs/data/`` of a source checkout (an editable install), else a per-user cache folder."""
+    checkout = Path(__file__).resolve().parents[3]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "graphs").is_dir():
+        return checkout / "graphs" / "data"
+    return Path.home() / ".cache" / "gsparse" / "graphs"
+
+
+DEFAULT_DATA_DIR = _default_data_dir()
 DATA_DIR_ENV = "GSPARSE_DATA"
 
 _REQUIRED_KEYS = {"name": str, "description": str, "source_url": str, "download_url": str, "citation": str,
@@ -32,7 +44,7 @@ class DatasetError(Exception):
 
 @dataclass(frozen=True)
 class DatasetCard:
-    """One ``graphs/<name>.yaml`` card."""
+    """One ``cards/<name>.yaml`` card."""
 
     name: str
     description: str
@@ -70,7 +82,7 @@ class DatasetCard:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The data folder: the argument, else ``$GSPARSE_DATA``, else ``graphs/data/`` in the repository."""
+    """The data folder: the argument, else ``$GSPARSE_DATA``, else :data:`DEFAULT_DATA_DIR`."""
     if data_dir is not None:
         return Path(data_dir).expanduser()
     from_env = os.environ.get(DATA_DIR_ENV)

@@ -1,0 +1,492 @@
+"""One training loop for any :class:`~gsparse.training.task.Task`, in plain PyTorch or under DeepSpeed.
+
+    from gsparse.training import RunConfig, train
+    metrics = train(MyTask(), RunConfig(epochs=10, recipe="recipes/rigl.yaml", run_dir="runs/mine"))
+
+Plain PyTorch (``deepspeed_config=None``): one process; ``accumulation_steps`` micro-batches per
+optimizer step, each micro-batch's loss divided by their number. Under DeepSpeed (run the script
+with ``deepspeed`` or ``torchrun``): the task's model and optimizer go into
+``gsparse.deepspeed.initialize`` (ZeRO 0-3, bf16/fp16 as the config says), gradient accumulation
+is the config's ``gradient_accumulation_steps`` (or ``accumulation_steps`` if given), and the
+task's ``batch_size`` sets ``train_micro_batch_size_per_gpu``.
+
+Each epoch: the task's micro-batches, an optimizer step per ``accumulation_steps`` of them, then
+``task.evaluate`` on each of its ``eval_splits``. The run folder gets ``log.csv`` / ``log.jsonl``
+(one row per epoch: loss (mean over all micro-batches of all ranks), ``<split>_<metric>``, density, exploration degree, lr, seconds,
+non-finite steps), ``updates.jsonl`` (one row per mask update), ``metrics.json`` (the evaluation
+metrics of the epoch the task's ``selection_metric`` picks, plus FLOPs) and a checkpoint per
+epoch (plain: ``checkpoint.pt`` written atomically; DeepSpeed: ``checkpoints/epoch<N>`` through
+``engine.save_checkpoint``); ``resume=True`` continues from it bitwise.
+
+A step whose loss is not finite is counted (and in plain PyTorch not applied: the gradients are
+dropped). ``max_nonfinite_steps`` such steps in a row, or an epoch without a finite loss, raise
+:class:`TrainingDiverged`; ``metrics.json`` then holds ``"status": "diverged"`` and the error,
+never evaluation results.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from gsparse.training.flops import UseRecorder, training_flops
+from gsparse.training.task import RunContext, check_task
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being finite; the message says where. No results were written."""
+
+
+@dataclass
+class RunConfig:
+    """How the runner trains a task (what to train is the task's business)."""
+
+    epochs: int = 1
+    run_dir: str = "runs/train"
+    recipe: Any = None  # a gsparse recipe (path, dict); None trains dense (or the DeepSpeed config's "gsparse")
+    deepspeed_config: Any = None  # a DeepSpeed JSON path or dict; None trains in one process
+    accumulation_steps: int | None = None  # micro-batches per optimizer step; None: 1 (or DeepSpeed's setting)
+    resume: bool = False
+    progress: bool = True  # a tqdm bar per epoch on rank 0
+    max_nonfinite_steps: int = 20  # consecutive optimizer steps with a non-finite loss before giving up
+    deterministic: bool = True  # torch.use_deterministic_algorithms: bitwise-repeatable runs and resumes
+    count_flops: bool = True  # record layer uses on the first micro-batch (forward hooks) and report FLOPs
+    log: Callable[[str], None] | None = None  # rank 0's lines; default print(..., flush=True)
+
+    def __post_init__(self):
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs: expected a positive integer, got {self.epochs!r}")
+        if self.accumulation_steps is not None and (not isinstance(self.accumulation_steps, int)
+                                                    or self.accumulation_steps < 1):
+            raise ValueError(f"accumulation_steps: expected a positive integer, got {self.accumulation_steps!r}")
+        if not isinstance(self.max_nonfinite_steps, int) or self.max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps: expected a positive integer, got {self.max_nonfinite_steps!r}")
+
+
+class _Distributed:
+    """Rank bookkeeping; a single process is rank 0 of 1."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.rank, self.world_size = 0, 1
+        if enabled:
+            import deepspeed
+            import torch.distributed as dist
+
+            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+            self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+
+    def barrier(self):
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def mean(self, value: float, device) -> float:
+        """The mean of ``value`` over ranks (a collective under DeepSpeed); not finite if any rank's is not."""
+        if not self.enabled:
+            return value
+        import torch.distributed as dist
+
+        total = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        return total.item() / self.world_size
+
+
+def _load_json(config) -> dict:
+    if not isinstance(config, dict):
+        config = json.loads(Path(config).read_text())
+    return dict(config)
+
+
+def deepspeed_config_for(ds_config: dict, batch_size: int | None, world_size: int,
+                         accumulation_steps: int | None) -> tuple[dict, int]:
+    """The DeepSpeed config to initialize with and its gradient accumulation steps: the task's
+    global batch split over ranks and micro-batches (``train_batch_size`` dropped)."""
+    ds_config = dict(ds_config)
+    accumulation = accumulation_steps or int(ds_config.get("gradient_accumulation_steps", 1) or 1)
+    ds_config["gradient_accumulation_steps"] = accumulation
+    if batch_size is not None:
+        if batch_size % (world_size * accumulation):
+            raise ValueError(f"batch_size {batch_size} is not divisible by {world_size} rank(s) x "
+                             f"{accumulation} accumulation step(s)")
+        ds_config["train_micro_batch_size_per_gpu"] = batch_size // (world_size * accumulation)
+        ds_config.pop("train_batch_size", None)
+    return ds_config, accumulation
+
+
+class _Trainer:
+    """Holds the model (plain or a DeepSpeed engine), its optimizer, scheduler and sparsifier."""
+
+    def __init__(self, config: RunConfig, task, model: torch.nn.Module, total_steps: int,
+                 distributed: _Distributed, context: RunContext):
+        self.config, self.distributed, self.context = config, distributed, context
+        self.optimizer = task.build_optimizer(model)
+        # DeepSpeed steps this same torch optimizer inside ZeRO, so the schedule applies there too.
+        self.scheduler = task.build_scheduler(self.optimizer, max(total_steps, 1))
+        self.sparsifier = None
+        self.monitor = None
+        self.runner_state: dict = {}  # saved with every checkpoint (counters the loop keeps)
+        recipe = config.recipe
+        if distributed.enabled:
+            import gsparse.deepspeed as gds
+
+            ds_config = _load_json(config.deepspeed_config)
+            if recipe is None:
+                recipe = ds_config.get(gds.CONFIG_KEY)
+            ds_config.pop(gds.CONFIG_KEY, None)
+            ds_config, context.accumulation_steps = deepspeed_config_for(
+                ds_config, task.batch_size, distributed.world_size, config.accumulation_steps)
+            if recipe is None:
+                import deepspeed
+
+                self.model, *_ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
+            else:
+                self.model, *_, self.sparsifier = gds.initialize(model=model, optimizer=self.optimizer,
+                                                                 config=ds_config, recipe=recipe)
+            monitor = getattr(self.model, "monitor", None)
+            self.monitor = monitor if monitor is not None and getattr(monitor, "enabled", False) else None
+            context.dtype = next(self.model.module.parameters()).dtype
+            context.device = self.model.device
+        else:
+            context.accumulation_steps = config.accumulation_steps or 1
+            self.model = model
+            if recipe is not None:
+                from gsparse.sparsifier import Sparsifier
+
+                self.sparsifier = Sparsifier(model, self.optimizer, recipe)
+            first = next(model.parameters(), None)
+            if first is not None:
+                context.dtype, context.device = first.dtype, first.device
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The task's model itself (inside the DeepSpeed engine, if any)."""
+        return self.model.module if self.distributed.enabled else self.model
+
+    def backward(self, loss: torch.Tensor, finite: bool) -> None:
+        if self.distributed.enabled:
+            self.model.backward(loss)  # DeepSpeed divides by gradient_accumulation_steps itself
+        elif finite:
+            accumulation = self.context.accumulation_steps
+            (loss / accumulation if accumulation > 1 else loss).backward()
+
+    def micro_step(self) -> None:
+        """After each micro-batch under DeepSpeed (the engine steps at accumulation boundaries)."""
+        if self.distributed.enabled:
+            self.model.step()
+
+    def optimizer_step(self, apply: bool) -> bool:
+        """At an accumulation boundary; returns whether a real optimizer step happened."""
+        if self.distributed.enabled:
+            applied = self.model.was_step_applied()
+        else:
+            if apply:
+                self.optimizer.step()
+            self.optimizer.zero_grad()
+            applied = apply
+        if applied and self.scheduler is not None:
+            self.scheduler.step()
+        return applied
+
+    def lr(self) -> float:
+        if self.scheduler is not None and hasattr(self.scheduler, "get_last_lr"):
+            return self.scheduler.get_last_lr()[0]
+        return self.optimizer.param_groups[0]["lr"]
+
+    def sparse_metrics(self) -> dict:
+        if self.sparsifier is None:
+            return {"density": 1.0, "exploration_degree": 1.0}
+        metrics = self.sparsifier.metrics()
+        return {"density": metrics["density"], "exploration_degree": metrics["exploration_degree"]}
+
+    # ---- checkpoints (one per epoch; the run resumes from the newest) -------------------------
+
+    def _client_state(self, epoch: int, history: list) -> dict:
+        return {"epoch": epoch, "history": history, "runner": self.runner_state,
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
+
+    def save(self, run_dir: Path, epoch: int, history: list) -> None:
+        client_state = self._client_state(epoch, history)
+        if self.distributed.enabled:
+            self.model.save_checkpoint(str(run_dir / "checkpoints"), tag=f"epoch{epoch}", client_state=client_state)
+            return
+        state = {**client_state, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "sparsifier": None if self.sparsifier is None else self.sparsifier.state_dict()}
+        temporary = run_dir / "checkpoint.pt.tmp"
+        torch.save(state, temporary)
+        os.replace(temporary, run_dir / "checkpoint.pt")
+
+    def load(self, run_dir: Path) -> tuple[int, list]:
+        """Restore the newest checkpoint; returns (last finished epoch, history) or (0, [])."""
+        if self.distributed.enabled:
+            if not (run_dir / "checkpoints" / "latest").is_file():
+                return 0, []
+            _, client_state = self.model.load_checkpoint(str(run_dir / "checkpoints"))
+        else:
+            if not (run_dir / "checkpoint.pt").is_file():
+                return 0, []
+            client_state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+            self.model.load_state_dict(client_state["model"])
+            self.optimizer.load_state_dict(client_state["optimizer"])
+            if self.sparsifier is not None:
+                self.sparsifier.load_state_dict(client_state["sparsifier"])
+        if self.scheduler is not None and client_state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(client_state["scheduler"])
+        rng = client_state.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+        self.runner_state = dict(client_state.get("runner") or {})
+        return client_state["epoch"], client_state["history"]
+
+
+def _append_update(run_dir: Path, epoch: int, metrics: dict) -> None:
+    """One line per mask update in ``updates.jsonl`` (exploration degree per round)."""
+    row = {"epoch": epoch, "step": metrics["step"], "update": metrics["num_updates"], "density": metrics["density"],
+           "exploration_degree": metrics["exploration_degree"], "mask_change": metrics["mask_change"]}
+    with (run_dir / "updates.jsonl").open("a") as output:
+        output.write(json.dumps(row) + "\n")
+
+
+def _append_log(run_dir: Path, row: dict) -> None:
+    log_csv = run_dir / "log.csv"
+    new_file = not log_csv.exists() or row["epoch"] == 1
+    with log_csv.open("w" if new_file else "a", newline="") as output:
+        writer = csv.DictWriter(output, fieldnames=list(row))
+        if new_file:
+            writer.writeheader()
+        writer.writerow(row)
+    with (run_dir / "log.jsonl").open("w" if new_file else "a") as output:
+        output.write(json.dumps(row) + "\n")
+
+
+def _best(history: list[dict], key: str, mode: str) -> dict:
+    """The earliest epoch with the best ``key`` (NaN counts as worst)."""
+    def score(row):
+        value = row.get(key, float("nan"))
+        value = float("-inf") if value is None or math.isnan(value) else (value if mode == "max" else -value)
+        return value, -row["epoch"]
+
+    return max(history, key=score)
+
+
+def _write_json(path: Path, values: dict) -> None:
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(values, indent=1, default=str))
+    os.replace(temporary, path)
+
+
+def train(task, config: RunConfig, extra_metrics: dict | None = None) -> dict:
+    """Train ``task`` as ``config`` says; returns the metrics (also in ``run_dir/metrics.json``).
+
+    Raises :class:`TrainingDiverged` when the loss stops being finite (``metrics.json`` then holds
+    ``status: diverged``). ``extra_metrics`` are merged into ``metrics.json`` as given."""
+    check_task(task)
+    started = time.time()
+    log = config.log or (lambda line: print(line, flush=True))
+    if config.deterministic:
+        # Sparse products otherwise reduce in a thread-dependent order (same speed here).
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        # ... but do not NaN-fill every torch.empty: DeepSpeed allocates large buffers each step.
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    distributed = _Distributed(config.deepspeed_config is not None)
+    if config.recipe is not None:
+        from gsparse.recipe import load_recipe
+
+        load_recipe(config.recipe)  # a bad recipe fails before any data is read
+    context = RunContext(rank=distributed.rank, world_size=distributed.world_size,
+                         accumulation_steps=config.accumulation_steps or 1, distributed=distributed.enabled)
+    task.setup(context)
+    model = task.build_model()
+    steps_per_epoch = task.steps_per_epoch()
+    if steps_per_epoch < 1:
+        raise ValueError(f"{task.name}: no optimizer step per epoch (steps_per_epoch() = {steps_per_epoch})")
+    total_steps = steps_per_epoch * config.epochs
+    trainer = _Trainer(config, task, model, total_steps, distributed, context)
+    task.prepare(trainer.model, context)
+    run_dir = Path(config.run_dir)
+    if distributed.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+    first_epoch, history = trainer.load(run_dir) if config.resume else (0, [])
+    if distributed.rank == 0:
+        if first_epoch == 0 and (run_dir / "updates.jsonl").exists():
+            (run_dir / "updates.jsonl").unlink()
+        if (run_dir / "metrics.json").exists():
+            (run_dir / "metrics.json").unlink()  # written again when this run finishes
+    sparse = trainer.sparsifier
+    method = "dense" if sparse is None else sparse.recipe.method
+    sparsity = 0.0 if sparse is None else sparse.recipe.sparsity
+    if distributed.rank == 0:
+        description = task.describe()
+        log(f"{description}{'; ' if description else ''}"
+            f"{'dense' if sparse is None else f'{method} at sparsity {sparsity}'}; "
+            f"{distributed.world_size} process(es)"
+            + (f", {context.accumulation_steps} micro-batches per step" if context.accumulation_steps > 1 else "")
+            + (f"; resuming after epoch {first_epoch}" if first_epoch else ""))
+    state = trainer.runner_state
+    state.setdefault("nonfinite_in_a_row", 0)
+    state.setdefault("nonfinite_steps", 0)
+    state.setdefault("optimizer_steps", 0)
+    accumulation = context.accumulation_steps
+    base = {"task": task.name, **task.summary(), "method": method, "sparsity": sparsity}
+    epoch = first_epoch
+    try:
+        for epoch in range(first_epoch + 1, config.epochs + 1):
+            history.append(_train_epoch(task, trainer, context, distributed, config, run_dir, epoch,
+                                        steps_per_epoch, log))
+            trainer.save(run_dir, epoch, history)
+    except TrainingDiverged as error:
+        if distributed.rank == 0:
+            _write_json(run_dir / "metrics.json", {
+                **base, "status": "diverged", "error": str(error), "epoch": epoch, "epochs": config.epochs,
+                "nonfinite_steps": state["nonfinite_steps"], "world_size": distributed.world_size,
+                "seconds": round(time.time() - started, 1), **(extra_metrics or {})})
+            log(f"training diverged: {error}; no results written (metrics.json: status 'diverged')")
+        raise
+    best = _best(history, task.selection_metric, task.selection_mode)
+    last = history[-1]
+    evaluated = {key: best[key] for key in best if any(key.startswith(f"{s}_") for s in task.eval_splits)}
+    final_split = task.eval_splits[-1] if task.eval_splits else None
+    final = {f"final_{key}": last[key] for key in last if final_split and key.startswith(f"{final_split}_")}
+    metrics = {**base, "status": "finished", "best_epoch": best["epoch"], "selection_metric": task.selection_metric,
+               **evaluated, **final, "final_loss": last["loss"], "density": last["density"],
+               "exploration_degree": last["exploration_degree"], "epochs": config.epochs,
+               "world_size": distributed.world_size, "accumulation_steps": accumulation,
+               "seconds": round(time.time() - started, 1), "nonfinite_steps": state["nonfinite_steps"],
+               **_counts(trainer, task, state, total_steps, context), **(extra_metrics or {})}
+    if distributed.rank == 0:
+        _write_json(run_dir / "metrics.json", metrics)
+    distributed.barrier()  # every rank leaves once the results are written
+    return metrics
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group if one exists: call it at the end of a launcher script
+    (ranks that exit with gloo's threads still running can abort at interpreter shutdown)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _train_epoch(task, trainer: _Trainer, context: RunContext, distributed: _Distributed, config: RunConfig,
+                 run_dir: Path, epoch: int, steps_per_epoch: int, log) -> dict:
+    epoch_started = time.time()
+    state = trainer.runner_state
+    accumulation = context.accumulation_steps
+    total_loss, finite_batches, nonfinite_this_epoch = 0.0, 0, 0
+    bar = None
+    if config.progress and distributed.rank == 0:
+        try:
+            from tqdm import tqdm
+        except ImportError:  # an optional dependency (the graphs extra): no bar then
+            tqdm = None
+    if config.progress and distributed.rank == 0 and tqdm is not None:
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", leave=False, dynamic_ncols=True)
+    micro, step_finite, steps_done = 0, True, 0
+    for batch in task.train_batches(epoch, context):
+        if config.count_flops and "uses" not in state:
+            with UseRecorder(trainer.module) as recorder:
+                loss = task.loss(trainer.model, batch)
+            state["uses"] = {name: vars(use) for name, use in recorder.uses.items()}
+        else:
+            loss = task.loss(trainer.model, batch)
+        value = distributed.mean(loss.item(), loss.device)  # under DeepSpeed: over all ranks' micro-batches
+        finite = math.isfinite(value)
+        if finite:
+            total_loss += value
+            finite_batches += 1
+        step_finite = step_finite and finite
+        trainer.backward(loss, finite)
+        trainer.micro_step()
+        micro += 1
+        if micro % accumulation:
+            continue
+        trainer.optimizer_step(apply=step_finite)
+        steps_done += 1
+        state["optimizer_steps"] += 1
+        if bar is not None:
+            bar.update(1)
+        if step_finite:
+            state["nonfinite_in_a_row"] = 0
+        else:
+            nonfinite_this_epoch += 1
+            state["nonfinite_steps"] += 1
+            state["nonfinite_in_a_row"] += 1
+            if state["nonfinite_in_a_row"] >= config.max_nonfinite_steps:
+                if bar is not None:
+                    bar.close()
+                raise TrainingDiverged(f"the loss was not finite for {state['nonfinite_in_a_row']} optimizer steps "
+                                       f"in a row (epoch {epoch}, step {steps_done} of {steps_per_epoch}; "
+                                       f"last loss {value})")
+        step_finite = True
+        sparse = trainer.sparsifier
+        update = sparse.last_update if sparse is not None else None
+        if update is not None and update["step"] == sparse.step and distributed.rank == 0:
+            _append_update(run_dir, epoch, update["metrics"])
+    if bar is not None:
+        bar.close()
+    if micro != steps_per_epoch * accumulation:
+        raise ValueError(f"{task.name}: train_batches yielded {micro} micro-batches in epoch {epoch}; expected "
+                         f"steps_per_epoch() x accumulation_steps = {steps_per_epoch} x {accumulation}")
+    mean_loss = total_loss / finite_batches if finite_batches else float("nan")
+    if not math.isfinite(mean_loss):
+        raise TrainingDiverged(f"epoch {epoch} ended without a finite loss ({nonfinite_this_epoch} of "
+                               f"{steps_per_epoch} steps had a non-finite loss)")
+    row: dict[str, Any] = {"epoch": epoch, "loss": mean_loss}
+    for split in task.eval_splits:
+        for key, value in task.evaluate(trainer.model, split).items():
+            row[f"{split}_{key}"] = value
+    row.update(trainer.sparse_metrics())
+    row.update({"lr": trainer.lr(), "seconds": round(time.time() - epoch_started, 2),
+                "nonfinite_steps": nonfinite_this_epoch})
+    if distributed.rank == 0:
+        _append_log(run_dir, row)
+        shown = "  ".join(f"{key} {value:.4f}" for key, value in row.items()
+                          if key not in ("epoch", "lr", "seconds", "nonfinite_steps") and isinstance(value, float))
+        log(f"epoch {epoch:3d}  {shown}" + (f"  non-finite steps {nonfinite_this_epoch}" if nonfinite_this_epoch else ""))
+    if trainer.monitor is not None:
+        trainer.monitor.write_events([(f"epoch/{key}", float(value), epoch) for key, value in row.items()
+                                      if key != "epoch" and isinstance(value, (int, float))])
+    return row
+
+
+def _counts(trainer: _Trainer, task, state: dict, total_steps: int, context: RunContext) -> dict:
+    """Weights of the sparse layers and the others, active weights summed over steps, and FLOPs."""
+    sparse = trainer.sparsifier
+    engine = None if sparse is None else sparse.engine
+    targets = {} if sparse is None else {spec.name: spec.active_count for spec in sparse.specs}
+    from gsparse.training.flops import WeightUse
+
+    uses = {name: WeightUse(**values) for name, values in state.get("uses", {}).items()}
+    matrices = {name: use.numel for name, use in uses.items()}
+    sparse_weights = 0 if sparse is None else sum(spec.numel for spec in sparse.specs)
+    counts = {"total_steps": total_steps, "optimizer_steps": state["optimizer_steps"], "batch_size": task.batch_size,
+              "sparse_weights": sparse_weights,
+              "other_weights": sum(n for name, n in matrices.items() if name not in targets),
+              "active_weight_steps": sparse_weights * total_steps if engine is None else engine.active_weight_steps,
+              "num_updates": 0 if engine is None else engine.num_updates,
+              "dense_gradient_updates": 0 if engine is None or not engine.method.needs_grad else engine.num_updates}
+    if uses:
+        layer_steps = {} if engine is None else {
+            spec.name: steps for spec, steps in zip(sparse.specs, engine.layer_active_steps)}
+        flops = training_flops(uses, steps=state["optimizer_steps"], calls_per_step=context.micro_batches,
+                               layer_active_steps=layer_steps, sparse_steps=0 if sparse is None else sparse.step,
+                               dense_gradient_updates=counts["dense_gradient_updates"])
+        counts["training_flops"] = flops.pop("training")
+        counts["flops"] = flops
+    return counts
