@@ -66,6 +66,9 @@ def main():
         if dist.get_rank() == 0:
             with open(os.environ["BENCH_OUT"], "w") as output:
                 json.dump(rows, output)
+        from gsparse.training import shutdown_distributed
+
+        shutdown_distributed()
         return
     rows = []
     with tempfile.TemporaryDirectory() as workdir:

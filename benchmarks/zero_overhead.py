@@ -221,6 +221,9 @@ def main():
               "zero2": measure(2), "zero3": measure(3)}
     if dist.get_rank() == 0:
         print(json.dumps(report, indent=1))
+    from gsparse.training import shutdown_distributed
+
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -133,10 +133,18 @@ class SparseEngine:
         for index, (layer, mask, count) in enumerate(zip(self.layers, chosen, counts)):
             layer.mask, layer.active = mask, count
             layer.counter = mask.to(torch.uint8)
-            # Attaching to a trained optimizer (a dense warm start) must not leave momentum behind.
-            self.backend.reset_optimizer_state(index, ~mask)
-        self.backend.mask_weights(list(enumerate(self.masks)))
-        self.backend.sync_weights()
+            if self.enforces_mask:
+                # Attaching to a trained optimizer (a dense warm start) must not leave momentum behind.
+                self.backend.reset_optimizer_state(index, ~mask)
+        if self.enforces_mask:
+            self.backend.mask_weights(list(enumerate(self.masks)))
+            self.backend.sync_weights()
+
+    @property
+    def enforces_mask(self) -> bool:
+        """Whether inactive weights are kept at zero (False: the mask records what the method's
+        forward transform keeps, and weights, gradients and optimizer state are left alone)."""
+        return self.method.enforces_mask
 
     @property
     def masks(self) -> list[torch.Tensor]:
@@ -175,11 +183,12 @@ class SparseEngine:
                         self.backend.add_to_gradient(index, term)
         if self._change is not None:
             self._apply_layer_change(layers, self._change)
-        self.backend.mask_gradients([(index, self.layers[index].mask) for index in layers])
+        if self.enforces_mask:
+            self.backend.mask_gradients([(index, self.layers[index].mask) for index in layers])
 
     def after_layers_step(self, layers: Sequence[int]) -> None:
         """Zero inactive weights of ``layers`` again, unless the optimizer provably kept them zero."""
-        if self.mask_weights_after_step:
+        if self.mask_weights_after_step and self.enforces_mask:
             self.backend.mask_weights([(index, self.layers[index].mask) for index in layers])
 
     def finish_step(self) -> None:
@@ -212,8 +221,9 @@ class SparseEngine:
                 self._apply_global_change(change)
             else:
                 self._apply_layer_change(range(len(self.layers)), change)
-        self.backend.mask_gradients([(index, layer.mask) for index, layer in enumerate(self.layers)])
-        self.backend.sync_weights()
+        if self.enforces_mask:
+            self.backend.mask_gradients([(index, layer.mask) for index, layer in enumerate(self.layers)])
+            self.backend.sync_weights()
         if self._skipped:
             self.skipped_updates += 1
         metrics = self._record_update() if self._changed else self.metrics()
@@ -231,7 +241,12 @@ class SparseEngine:
                                "parameter has none: call backward() before optimizer.step()")
         communicator = self.backend.communicator
         masks = [s.mask for s in states]
-        if change.kind == "reselect":
+        if change.kind == "assign":
+            assigned = [self.method.assign_mask(v).reshape(-1).to(torch.bool) for v in views]
+            dropped = [mask & ~new for mask, new in zip(masks, assigned)]
+            grown = [new & ~mask for mask, new in zip(masks, assigned)]
+            k_drop, k_grow = self._changed_counts(dropped, grown)
+        elif change.kind == "reselect":
             keep_scores = [self.method.keep_score(v) for v in views]
             if not self._scores_finite(keep_scores):
                 return
@@ -345,9 +360,11 @@ class SparseEngine:
             if state.counter.dtype != counter_dtype:
                 state.counter = state.counter.to(counter_dtype)
             state.counter += state.mask.view(torch.uint8)  # same-dtype add: no slow cast path on CPU
-            self.backend.reset_optimizer_state(index, drop | grow)
+            if self.enforces_mask:
+                self.backend.reset_optimizer_state(index, drop | grow)
             self._grown[index] = max(grown_count, dropped_count)
-        self.backend.mask_weights([(index, self.layers[index].mask) for index in layers])
+        if self.enforces_mask:
+            self.backend.mask_weights([(index, self.layers[index].mask) for index in layers])
         self._changed = True
 
     def _record_update(self) -> dict[str, Any]:
@@ -496,8 +513,9 @@ class SparseEngine:
         self.layer_active_steps = ([int(value) for value in saved_layer_steps] if saved_layer_steps is not None
                                    else [0] * len(self.layers))
         self.method.load_state_dict(state.get("method_state", {}))
-        self.backend.mask_weights(list(enumerate(self.masks)))
-        self.backend.sync_weights()
+        if self.enforces_mask:
+            self.backend.mask_weights(list(enumerate(self.masks)))
+            self.backend.sync_weights()
 
 
 def _wire_dtype(dtype: torch.dtype) -> torch.dtype:

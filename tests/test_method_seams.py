@@ -58,7 +58,28 @@ class SoftThreshold(DropGrowMethod):
         return torch.sign(weight) * torch.relu(weight.abs() - parameters["threshold"])
 
 
+class LearnedThreshold(SparseMethod):
+    """AutoSparse's shape: dense weights, forward through ``sign(w) * relu(|w| - T)``, and the mask
+    only records which weights pass the learned threshold (nothing is zeroed by the engine)."""
+
+    transforms_forward = True
+    enforces_mask = False
+    layer_parameters = {"threshold": 0.1}
+
+    def initial_change(self):
+        return MaskChange.reselect(layer_counts=[layer.numel for layer in self.layers])
+
+    def mask_change(self, step):
+        return MaskChange.assign()
+
+    def assign_mask(self, layer):
+        return layer.weight.abs() > layer.parameters["threshold"]
+
+    forward_weight = SoftThreshold.forward_weight
+
+
 register_method("toy_dense_then_global", DenseThenGlobal, replace=True)
+register_method("toy_learned_threshold", LearnedThreshold, replace=True)
 register_method("toy_soft_threshold", SoftThreshold, replace=True)
 
 PHASE = 20
@@ -138,6 +159,32 @@ def test_soft_threshold_forward_uses_the_transformed_weight_and_trains_the_thres
     expected = torch.nn.functional.linear(inputs, effective, first.bias)
     assert torch.allclose(first(inputs), expected)
     assert "0.weight_threshold" in model.state_dict()
+
+
+def test_learned_threshold_mask_records_the_forward_transform_without_zeroing():
+    model = small_mlp()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sparsifier = gsparse.Sparsifier(model, optimizer, toy_recipe("toy_learned_threshold"))
+    names = [spec.name for spec in sparsifier.specs]
+    parameters = dict(model.named_parameters())
+    pruned_seen = 0
+    for step in range(1, 26):
+        before = {name: parameters[name].detach().clone() for name in names}
+        thresholds = {name: float(parameters[f"{name}_threshold"].detach()) for name in names}
+        inputs, targets = batch_for_step(step)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+        for name, layer in zip(names, sparsifier.engine.layers):
+            # the mask of step t is |w| > T as forward saw them in step t
+            assert torch.equal(sparsifier.masks[name], before[name].abs() > thresholds[name])
+            assert layer.active == int(layer.mask.sum())
+            pruned = ~sparsifier.masks[name]
+            pruned_seen += int(pruned.sum())
+            assert (parameters[name].detach()[pruned] != 0).all()  # not zeroed
+            assert (parameters[name].detach() != before[name])[pruned].all()  # still updated (weight decay)
+    assert pruned_seen > 1000
+    assert sparsifier.metrics()["num_updates"] == 25
 
 
 def test_registered_methods_validate_in_recipes_and_unknown_names_list_them():

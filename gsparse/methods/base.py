@@ -83,6 +83,8 @@ class MaskChange:
       all layers (``total``) - by dropping (lowest drop score) or growing (highest grow score).
     * ``reselect``: the new mask is the top counts by :meth:`SparseMethod.keep_score` over all
       weights, active or not (per layer or global).
+    * ``assign``: per layer, the mask is what :meth:`SparseMethod.assign_mask` says (an
+      elementwise rule such as ``|w| > T``); the active counts follow from it.
     """
 
     kind: str
@@ -93,6 +95,10 @@ class MaskChange:
     @classmethod
     def swap(cls, drop_fraction: float) -> "MaskChange":
         return cls("swap", drop_fraction=float(drop_fraction))
+
+    @classmethod
+    def assign(cls) -> "MaskChange":
+        return cls("assign")
 
     @classmethod
     def resize(cls, layer_counts: Sequence[int] | None = None, total: int | None = None) -> "MaskChange":
@@ -123,7 +129,9 @@ class SparseMethod:
     ``per_weight_state`` (name -> dtype of extra per-weight tensors, zero-initialised),
     ``regrow_dropped`` (may a swap grow a weight it just dropped), ``needs_last_update_step``
     (its schedule needs ``schedule.last_update_step``), ``transforms_forward`` and
-    ``layer_parameters`` (the forward seam).
+    ``layer_parameters`` (the forward seam) and ``enforces_mask`` (True: inactive weights are
+    held at zero, their gradients and optimizer state cleared; False: the mask only records which
+    weights the forward transform keeps, e.g. AutoSparse's ``|w| > T``, for metrics and FLOPs).
     """
 
     name: ClassVar[str]
@@ -136,6 +144,7 @@ class SparseMethod:
     needs_last_update_step: ClassVar[bool] = False
     transforms_forward: ClassVar[bool] = False
     layer_parameters: ClassVar[Mapping[str, float]] = {}
+    enforces_mask: ClassVar[bool] = True
 
     def __init__(self, **args: Any):
         self.args = SimpleNamespace(**resolve_options(args, self.options, "method_args."))
@@ -179,6 +188,10 @@ class SparseMethod:
     def grow_score(self, layer: LayerView) -> torch.Tensor:
         """Inactive weights with the highest scores are grown (default: random, keyed by index)."""
         return layer.uniform()
+
+    def assign_mask(self, layer: LayerView) -> torch.Tensor:
+        """For ``assign`` changes: the new mask, elementwise (bool, like ``layer.weight``)."""
+        raise NotImplementedError
 
     def keep_score(self, layer: LayerView) -> torch.Tensor:
         """For ``reselect`` changes: the weights with the highest scores are active (default: magnitude)."""

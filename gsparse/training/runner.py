@@ -374,13 +374,22 @@ def train(task, config: RunConfig, extra_metrics: dict | None = None) -> dict:
 
 
 def shutdown_distributed() -> None:
-    """Destroy the default process group if one exists: call it at the end of a launcher script
-    (ranks that exit with gloo's threads still running can abort at interpreter shutdown)."""
+    """Leave torch.distributed cleanly: call it at the end of a launcher script.
+
+    Without it a rank can abort at interpreter shutdown ("terminate called without an active
+    exception"): DeepSpeed engines live on in reference cycles, holding gloo process groups whose
+    worker threads still own finished collectives; when the garbage collector frees them during
+    finalization, the thread needs the GIL to drop the tensors and is killed instead. Collecting
+    the cycles and destroying the groups here, while the interpreter is alive, avoids that."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def _train_epoch(task, trainer: _Trainer, context: RunContext, distributed: _Distributed, config: RunConfig,

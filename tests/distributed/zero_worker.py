@@ -24,6 +24,7 @@ import gsparse  # noqa: E402
 import gsparse.deepspeed as gds  # noqa: E402
 from gsparse.deepspeed import UnsupportedLayout  # noqa: E402
 from gsparse.selection import reference_top_k, select_top_k  # noqa: E402
+from gsparse.training import shutdown_distributed  # noqa: E402
 from tests.test_method_seams import expected_total, toy_recipe  # noqa: E402  (registers the toy methods)
 
 STEPS = int(os.environ.get("GSPARSE_TEST_STEPS", "200"))
@@ -413,7 +414,7 @@ def _compare(entry, sparsifier, engine, reference_model, reference):
 def scenario_seams(results: dict):
     """The toy methods of tests/test_method_seams.py at ZeRO-2/3 against a single process."""
     steps = 100
-    for method in ("toy_dense_then_global", "toy_soft_threshold"):
+    for method in ("toy_dense_then_global", "toy_soft_threshold", "toy_learned_threshold"):
         sparse_recipe = toy_recipe(method)
         reference_model, reference = _reference(sparse_recipe, steps) if dist.get_rank() == 0 else (None, None)
         for stage in (2, 3):
@@ -575,12 +576,7 @@ def main():
         dist.barrier()
     if dist.get_rank() == 0:
         Path(args.out).write_text(json.dumps(results, indent=1))
-    dist.barrier()
-    # Everything is written: leave without interpreter teardown, where DeepSpeed engines and gloo
-    # threads still alive in reference cycles occasionally abort the process ("terminate called").
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    shutdown_distributed()  # frees the engines' gloo groups while the interpreter is alive
 
 
 if __name__ == "__main__":
