@@ -207,6 +207,13 @@ def test_runner_under_deepspeed_zero2_and_zero3_matches_one_process(tmp_path):
         assert metrics["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=1 / 128 + 1e-9)
         assert metrics["training_flops"] == pytest.approx(single["training_flops"])
         assert (tmp_path / f"zero{stage}" / "checkpoints" / "latest").is_file()
+    bf16 = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    assert bf16["status"] == "finished" and bf16["num_updates"] == 4
+    assert bf16["density"] == pytest.approx(single["density"])  # exact counts in bf16 too
+    assert bf16["final_loss"] == pytest.approx(single["final_loss"], rel=0.05)  # bf16 rounding, same training
+    monitor = {path.name: path.read_text() for path in (tmp_path / "monitor").rglob("*.csv")}
+    assert any("val_accuracy" in name for name in monitor) and any("density" in name for name in monitor)
+    assert all(len(text.strip().splitlines()) >= 2 for text in monitor.values())  # header + epochs
 
 
 def test_the_comparison_harness_runs_any_task(tmp_path):

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from gsparse import checkpoint
 from gsparse.backends.pytorch import TorchBackend
 from gsparse.deepspeed.backends import PartitionedGroupsBackend, ReplicatedMasterBackend, Stage3Backend
-from gsparse.deepspeed.compat import UnsupportedLayout, check_version
+from gsparse.deepspeed.compat import TESTED_TEXT, UnsupportedLayout, check_version, installed_version
 from gsparse.engine import SparseEngine
 from gsparse.forward import add_to_optimizer, install_forward_transforms, layer_parameters_of, prepare_model
 from gsparse.params import sparse_param_specs
@@ -52,8 +52,9 @@ def _build_backend(engine, params: list[torch.nn.Parameter]):
         master_of = {id(low): master for lows, masters in zip(optimizer.fp16_groups, optimizer.fp32_groups)
                      for low, master in zip(lows, masters)}
         return ReplicatedMasterBackend(params, [master_of[id(p)] for p in params], optimizer.optimizer)
-    raise UnsupportedLayout(f"ZeRO stage {stage} with {type(optimizer).__name__} is not a layout gsparse knows "
-                            "(tested: fp32, bf16 and fp16 at ZeRO stages 0-3 with a torch.optim optimizer)")
+    raise UnsupportedLayout(f"ZeRO stage {stage} with {type(optimizer).__name__} (deepspeed {installed_version()}) is "
+                            "not a layout gsparse knows (tested: fp32, bf16 and fp16 at ZeRO stages 0-3 with a "
+                            f"torch.optim optimizer, deepspeed {TESTED_TEXT})")
 
 
 class DeepSpeedSparsifier(SparseState):

@@ -7,6 +7,8 @@ installed version.
 """
 from __future__ import annotations
 
+import re
+
 TESTED_DEEPSPEED = ((0, 19, 7), (0, 19, 8))
 TESTED_TEXT = "0.19.7-0.19.8"
 PIN = "deepspeed>=0.19.7,<0.19.9"
@@ -25,9 +27,10 @@ def installed_version() -> str:
 
 
 def parse_version(text: str) -> tuple[int, ...]:
+    """``"0.19.8+cpu"`` -> ``(0, 19, 8)`` (the leading digits of each of the first three parts)."""
     parts = []
     for part in text.split("+")[0].split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
+        digits = re.match(r"\d*", part).group()
         parts.append(int(digits or 0))
     return tuple(parts)
 
