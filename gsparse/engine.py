@@ -210,9 +210,9 @@ class SparseEngine:
     # ---- mask changes ----------------------------------------------------------------------
 
     def update_masks(self) -> dict[str, Any]:
-        """Change every layer's mask now, outside the schedule (gradients must be populated):
-        the change the method would make at this step (a swap at the schedule's drop fraction
-        for drop/grow methods)."""
+        """Change the masks now, outside the schedule (gradients must be populated): the method's
+        ``forced_change`` for this step (a swap at the schedule's drop fraction for drop/grow
+        methods; ``None`` - nothing changes - for methods whose changes are keyed to steps)."""
         self._grown, self._changed, self._skipped = {}, False, False
         self._read_layer_parameters()
         change = self.method.forced_change(self.step)
@@ -234,49 +234,61 @@ class SparseEngine:
         layers = list(layers)
         if not layers:
             return
-        states = [self.layers[index] for index in layers]
+        if change.layer_counts is not None and len(change.layer_counts) != len(self.layers):
+            raise ValueError(f"method '{self.method.name}': MaskChange.{change.kind} has {len(change.layer_counts)} "
+                             f"layer counts for {len(self.layers)} sparse layers")
         views = self._views(layers, with_grad=self.method.needs_grad)
         if self.method.needs_grad and any(view.grad is None for view in views):
             raise RuntimeError(f"method '{self.method.name}' needs gradients at step {self.step}, but a sparse "
                                "parameter has none: call backward() before optimizer.step()")
-        communicator = self.backend.communicator
-        masks = [s.mask for s in states]
+        method = self.method
         if change.kind == "assign":
-            assigned = [self.method.assign_mask(v).reshape(-1).to(torch.bool) for v in views]
+            inputs = [[view.weight, torch.tensor(list(view.parameters.values()), dtype=torch.float32)]
+                      for view in views]
+        elif change.kind == "reselect":
+            inputs = [[method.keep_score(view)] for view in views]
+        else:
+            if change.kind == "swap":
+                k_drop = [min(round_half_up(change.drop_fraction * self.layers[i].active),
+                              self.layers[i].spec.numel - self.layers[i].active) for i in layers]
+                k_grow = k_drop
+            else:  # resize to the given per-layer counts
+                targets = [change.layer_counts[index] for index in layers]
+                k_drop = [max(self.layers[i].active - target, 0) for i, target in zip(layers, targets)]
+                k_grow = [max(target - self.layers[i].active, 0) for i, target in zip(layers, targets)]
+            grows = change.kind == "swap" or any(k_grow)
+            inputs = [[-method.drop_score(view)] + ([method.grow_score(view)] if grows else []) for view in views]
+        # A layer whose scores hold NaN/Inf on any rank keeps its mask; the others change. The
+        # decision is per layer, so it is the same however the layers are split into step groups.
+        finite = self._finite_layers(inputs, [self.layers[i].spec.name for i in layers])
+        if not all(finite):
+            chosen = [position for position, ok in enumerate(finite) if ok]
+            layers, views, inputs = ([seq[p] for p in chosen] for seq in (layers, views, inputs))
+            if change.kind in ("swap", "resize"):
+                k_drop, k_grow = [k_drop[p] for p in chosen], [k_grow[p] for p in chosen]
+            if not layers:
+                return
+        communicator = self.backend.communicator
+        masks = [self.layers[index].mask for index in layers]
+        if change.kind == "assign":
+            assigned = [method.assign_mask(view).reshape(-1).to(torch.bool) for view in views]
             dropped = [mask & ~new for mask, new in zip(masks, assigned)]
             grown = [new & ~mask for mask, new in zip(masks, assigned)]
             k_drop, k_grow = self._changed_counts(dropped, grown)
         elif change.kind == "reselect":
-            keep_scores = [self.method.keep_score(v) for v in views]
-            if not self._scores_finite(keep_scores):
-                return
-            keep = select_top_k(keep_scores, [None] * len(states), [change.layer_counts[i] for i in layers],
-                                communicator)
+            keep = select_top_k([scores[0] for scores in inputs], [None] * len(layers),
+                                [change.layer_counts[i] for i in layers], communicator)
             dropped = [mask & ~kept for mask, kept in zip(masks, keep)]
             grown = [kept & ~mask for mask, kept in zip(masks, keep)]
             k_drop, k_grow = self._changed_counts(dropped, grown)
-        elif change.kind == "swap":
-            k_drop = [min(round_half_up(change.drop_fraction * s.active), s.spec.numel - s.active) for s in states]
-            k_grow = k_drop
-            drop_scores = [-self.method.drop_score(v) for v in views]
-            grow_scores = [self.method.grow_score(v) for v in views]
-            if not self._scores_finite(drop_scores + grow_scores):
-                return
-            if self.method.regrow_dropped:  # grow eligibility depends on what was dropped
+        else:
+            drop_scores = [scores[0] for scores in inputs]
+            grow_scores = [scores[1] for scores in inputs] if grows else []
+            if change.kind == "swap" and method.regrow_dropped:  # grow eligibility depends on what was dropped
                 dropped = select_top_k(drop_scores, masks, k_drop, communicator)
                 grow_eligible = [~(mask & ~drop) for mask, drop in zip(masks, dropped)]
                 grown = select_top_k(grow_scores, grow_eligible, k_grow, communicator)
-            else:  # drop among active, grow among inactive: one selection, half the all-reduces
-                dropped, grown = self._drop_and_grow(drop_scores, grow_scores, masks, k_drop, k_grow)
-        else:  # resize to the given per-layer counts
-            targets = [change.layer_counts[index] for index in layers]
-            k_drop = [max(s.active - target, 0) for s, target in zip(states, targets)]
-            k_grow = [max(target - s.active, 0) for s, target in zip(states, targets)]
-            drop_scores = [-self.method.drop_score(v) for v in views]
-            grow_scores = [self.method.grow_score(v) for v in views] if any(k_grow) else []
-            if not self._scores_finite(drop_scores + grow_scores):
-                return
-            if grow_scores:
+            elif grows:  # drop among active, grow among inactive: one selection, half the all-reduces
                 dropped, grown = self._drop_and_grow(drop_scores, grow_scores, masks, k_drop, k_grow)
             else:
                 dropped = select_top_k(drop_scores, masks, k_drop, communicator)
@@ -290,9 +302,10 @@ class SparseEngine:
         views = self._views(layers, with_grad=False)
         communicator = self.backend.communicator
         masks = self.masks
+        names = [layer.spec.name for layer in self.layers]
         if change.kind == "reselect":
             keep_scores = [self.method.keep_score(v) for v in views]
-            if not self._scores_finite(keep_scores):
+            if not all(self._finite_layers([[score] for score in keep_scores], names)):
                 return
             keep = select_top_k_global(keep_scores, [None] * len(masks), change.total, communicator)
             dropped = [mask & ~kept for mask, kept in zip(masks, keep)]
@@ -301,13 +314,13 @@ class SparseEngine:
             active = sum(layer.active for layer in self.layers)
             if change.total < active:
                 scores = [-self.method.drop_score(v) for v in views]
-                if not self._scores_finite(scores):
+                if not all(self._finite_layers([[score] for score in scores], names)):
                     return
                 dropped = select_top_k_global(scores, masks, active - change.total, communicator)
                 grown = [torch.zeros_like(mask) for mask in masks]
             else:
                 scores = [self.method.grow_score(v) for v in views]
-                if not self._scores_finite(scores):
+                if not all(self._finite_layers([[score] for score in scores], names)):
                     return
                 grown = select_top_k_global(scores, [~mask for mask in masks], change.total - active, communicator)
                 dropped = [torch.zeros_like(mask) for mask in masks]
@@ -334,22 +347,21 @@ class SparseEngine:
         self.backend.communicator.all_reduce_sum(counts)
         return counts.tolist()
 
-    def _scores_finite(self, scores: Sequence[torch.Tensor]) -> bool:
-        """All ranks agree whether every score is finite; if not, the change is skipped (and
-        warned about once per step) so that NaN or Inf never decides a mask."""
-        bad = torch.zeros(1, dtype=torch.int64)
-        for score in scores:
-            if score.numel() and not bool(torch.isfinite(score).all()):
-                bad += 1
-                break
+    def _finite_layers(self, inputs: Sequence[Sequence[torch.Tensor]], names: Sequence[str]) -> list[bool]:
+        """Per layer, whether all its scores are finite on every rank (one all-reduce); a layer
+        that is not is left unchanged, with a warning, and the step counts a skipped update."""
+        device = self.layers[0].mask.device if self.layers else None
+        bad = torch.tensor([int(any(t.numel() and not bool(torch.isfinite(t).all()) for t in tensors))
+                            for tensors in inputs], dtype=torch.int64, device=device)
         self.backend.communicator.all_reduce_sum(bad)
-        if int(bad):
-            if not self._skipped:
-                warnings.warn(f"gsparse: step {self.step}: non-finite mask scores (NaN/Inf in weights or "
-                              "gradients); the mask update is skipped", NonFiniteScores, stacklevel=2)
+        finite = [not flag for flag in bad.tolist()]
+        if not all(finite):
+            skipped = [name for name, ok in zip(names, finite) if not ok]
+            warnings.warn(f"gsparse: step {self.step}: non-finite mask scores (NaN/Inf in weights, gradients or "
+                          f"method state) in {', '.join(skipped)}; these layers keep their masks",
+                          NonFiniteScores, stacklevel=3)
             self._skipped = True
-            return False
-        return True
+        return finite
 
     def _commit(self, layers: Sequence[int], dropped, grown, k_drop, k_grow) -> None:
         counter_dtype = counter_dtype_for(self.num_updates + 2)  # the bound after this update
@@ -510,8 +522,14 @@ class SparseEngine:
         self.seed = int(state["seed"])
         self.active_weight_steps = int(state.get("active_weight_steps", 0))
         saved_layer_steps = state.get("layer_active_steps")
-        self.layer_active_steps = ([int(value) for value in saved_layer_steps] if saved_layer_steps is not None
-                                   else [0] * len(self.layers))
+        if saved_layer_steps is not None:
+            self.layer_active_steps = [int(value) for value in saved_layer_steps]
+        else:  # a checkpoint from before per-layer counts: split the total by the layers' counts
+            counts = [layer.spec.active_count for layer in self.layers]
+            self.layer_active_steps = [round(self.active_weight_steps * count / max(sum(counts), 1))
+                                       for count in counts]
+            logger.warning("gsparse: the checkpoint has no per-layer active weight counts; FLOPs per layer are "
+                           "estimated from the total for its first %d steps", self.step)
         self.method.load_state_dict(state.get("method_state", {}))
         if self.enforces_mask:
             self.backend.mask_weights(list(enumerate(self.masks)))

@@ -21,20 +21,17 @@ import torch
 
 from gsparse.methods import get_method
 from gsparse.methods.base import SparseMethod
-from gsparse.params import sparse_param_specs
+from gsparse.params import LAYER_PARAMETER_NAMES, sparse_param_specs
 from gsparse.recipe import load_recipe
-
-LAYER_PARAMETER_MARK = "_gsparse_layer_parameter"
-
 
 def _owner(model: torch.nn.Module, param_name: str) -> tuple[torch.nn.Module, str]:
     module_name, _, attr = param_name.rpartition(".")
     return (model.get_submodule(module_name) if module_name else model), attr
 
 
-def is_layer_parameter(param: torch.nn.Parameter) -> bool:
-    """Whether ``param`` is a method's per-layer parameter (never itself made sparse)."""
-    return bool(getattr(param, LAYER_PARAMETER_MARK, False))
+def layer_parameter_names(module: torch.nn.Module) -> frozenset[str]:
+    """Names of the method parameters gsparse registered on ``module`` (never themselves sparse)."""
+    return frozenset(getattr(module, LAYER_PARAMETER_NAMES, ()))
 
 
 def prepare_model(model: torch.nn.Module, recipe) -> list[torch.nn.Parameter]:
@@ -53,15 +50,14 @@ def prepare_model(model: torch.nn.Module, recipe) -> list[torch.nn.Parameter]:
         weight = module._parameters[attr]
         for key, initial in method_class.layer_parameters.items():
             name = f"{attr}_{key}"
-            existing = module._parameters.get(name)
-            if existing is not None and is_layer_parameter(existing):
-                continue
+            if name in layer_parameter_names(module) and module._parameters.get(name) is not None:
+                continue  # prepared already (also in a copy of a prepared model)
             if hasattr(module, name):
                 raise ValueError(f"method '{recipe.method}' needs a parameter '{name}' on the module owning "
                                  f"'{spec.name}', but that name is taken")
             param = torch.nn.Parameter(torch.full((1,), float(initial), dtype=weight.dtype, device=weight.device))
-            setattr(param, LAYER_PARAMETER_MARK, True)
             module.register_parameter(name, param)
+            setattr(module, LAYER_PARAMETER_NAMES, layer_parameter_names(module) | {name})
             created.append(param)
     return created
 

@@ -10,6 +10,10 @@ import torch
 from gsparse.distributions import active_counts, layer_densities
 from gsparse.options import RecipeError
 
+# The attribute of a module listing the names of the method parameters gsparse registered on it
+# (see gsparse.forward); a plain attribute, so copies of the model keep it.
+LAYER_PARAMETER_NAMES = "_gsparse_layer_parameters"
+
 
 @dataclass(frozen=True)
 class SparseParamSpec:
@@ -62,13 +66,14 @@ def full_shape(param: torch.nn.Parameter) -> tuple[int, ...]:
 def sparse_param_specs(model: torch.nn.Module, recipe) -> list[SparseParamSpec]:
     """Resolve the recipe against ``model``: sparse parameters and their exact active counts."""
     # a method's own per-layer parameters (the forward seam) are never sparse themselves
-    named_params = [(n, p) for n, p in model.named_parameters()
-                    if p.requires_grad and not getattr(p, "_gsparse_layer_parameter", False)]
-    owner_type = {}
+    owner_type, method_parameters = {}, set()
     for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
         for param_name, _ in module.named_parameters(recurse=False):
-            owner_type[f"{module_name}.{param_name}" if module_name else param_name] = [
-                cls.__name__ for cls in type(module).__mro__]
+            owner_type[prefix + param_name] = [cls.__name__ for cls in type(module).__mro__]
+        method_parameters.update(prefix + name for name in getattr(module, LAYER_PARAMETER_NAMES, ()))
+    # a method's own per-layer parameters (the forward seam) are never sparse themselves
+    named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n not in method_parameters]
     names = select_sparse_params(named_params, owner_type, recipe)
     shapes = OrderedDict((n, full_shape(p)) for n, p in named_params if n in set(names))
     custom = {}

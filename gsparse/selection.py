@@ -137,6 +137,12 @@ def select_top_k_global(
     pooled_scores = torch.cat([s.reshape(-1).to(torch.float32) for s in scores])
     pooled_eligible = torch.cat([torch.ones(s.numel(), dtype=torch.bool, device=s.device) if e is None
                                  else e.reshape(-1) for s, e in zip(scores, eligible)])
+    available = int(pooled_eligible.count_nonzero())
+    totals = torch.tensor([available], dtype=torch.int64, device=pooled_scores.device)
+    communicator.all_reduce_sum(totals)
+    if int(totals[0]) < k:
+        raise ValueError(f"global selection over {len(scores)} layers: asked to select {k} positions but only "
+                         f"{int(totals[0])} are eligible")
     (selected,), (ties,), still_needed = _select_above_threshold([pooled_scores], [pooled_eligible], [k],
                                                                  communicator)
     # Ties in global order: all of layer 0 (rank by rank), then layer 1, ...

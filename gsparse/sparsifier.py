@@ -33,10 +33,6 @@ class SparseState:
         under DeepSpeed: call on all ranks)."""
         return self.engine.metrics()
 
-    def update_masks(self) -> dict[str, Any]:
-        """Run a mask update now, outside the schedule (gradients must be populated)."""
-        return self.engine.update_masks()
-
     def gather_state(self, keys: Sequence[str] = ("mask", "counter"), layers: Sequence[str] | None = None,
                      rank: int | None = None) -> dict[str, dict[str, torch.Tensor]] | None:
         """Full masks, counters and the method's per-weight state of some or all sparse layers,
@@ -109,6 +105,15 @@ class Sparsifier(SparseState):
     def counters(self) -> dict[str, torch.Tensor]:
         """How many mask states (the initial one and one per update) had each weight active."""
         return {spec.name: layer.counter.view(spec.shape) for spec, layer in zip(self.specs, self.engine.layers)}
+
+    def update_masks(self) -> dict[str, Any]:
+        """Change the masks now, outside the schedule (after ``backward()``): the change the method's
+        ``forced_change`` gives for the current step - a swap at the schedule's drop fraction for
+        drop/grow methods, the schedule's counts for prune-from-dense ones; methods whose changes
+        are keyed to steps may give none, and then nothing changes. Returns the metrics.
+
+        Plain PyTorch only: under DeepSpeed the gradients exist only inside ``engine.step()``."""
+        return self.engine.update_masks()
 
     def state_dict(self) -> dict[str, Any]:
         return {"engine": self.engine.state_dict(), "recipe": self.recipe.source}

@@ -1,5 +1,5 @@
-"""NaN and Inf never enter masks, counters or inactive weights; a mask update whose scores are not
-finite is skipped with a warning and counted."""
+"""NaN and Inf never enter masks, counters or inactive weights; a layer whose mask scores are not
+finite keeps its mask (with a warning; the step counts a skipped update) while the others update."""
 import pytest
 import torch
 
@@ -46,12 +46,19 @@ def test_nonfinite_gradient_at_an_update_step_is_skipped_and_counted(value, opti
         clean_step(model, optimizer, step)
     masks_before = {name: mask.clone() for name, mask in sparsifier.masks.items()}
     counters_before = {name: counter.clone() for name, counter in sparsifier.counters.items()}
-    with pytest.warns(NonFiniteScores, match="step 5"):
+    with pytest.warns(NonFiniteScores, match="step 5.* in 2.weight; these layers keep their masks"):
         poisoned_step(model, optimizer, 5, value)  # step 5 is an update step
-    assert all(torch.equal(masks_before[n], sparsifier.masks[n]) for n in masks_before)
-    assert all(torch.equal(counters_before[n], sparsifier.counters[n]) for n in counters_before)
+    # the poisoned layer keeps its mask and counter; the others update as usual
+    assert torch.equal(masks_before["2.weight"], sparsifier.masks["2.weight"])
+    assert torch.equal(counters_before["2.weight"], sparsifier.counters["2.weight"])
+    for name in ("0.weight", "4.weight"):
+        assert not torch.equal(masks_before[name], sparsifier.masks[name])
+        assert torch.equal(counters_before[name] + sparsifier.masks[name].to(counters_before[name].dtype),
+                           sparsifier.counters[name])
     metrics = sparsifier.metrics()
-    assert metrics["skipped_updates"] == 1 and metrics["num_updates"] == 0
+    assert metrics["skipped_updates"] == 1 and metrics["num_updates"] == 1
+    for spec in sparsifier.specs:
+        assert int(sparsifier.masks[spec.name].sum()) == spec.active_count
     for name, param in model.named_parameters():
         if name in sparsifier.masks:
             assert not param.detach()[~sparsifier.masks[name]].any()  # exactly zero, not NaN

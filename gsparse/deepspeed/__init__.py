@@ -15,6 +15,7 @@ single-process run's.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -167,12 +168,15 @@ def attach(engine, recipe: str | Mapping[str, Any] | Recipe | None = None) -> De
 def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, **kwargs):
     """``deepspeed.initialize`` plus :func:`attach`; returns DeepSpeed's tuple and the sparsifier.
 
-    The recipe is checked before DeepSpeed builds anything, so a bad recipe fails fast.
+    The recipe is checked before DeepSpeed builds anything, so a bad recipe fails fast. A method
+    with per-layer parameters gets them registered on the model first and added to the optimizer
+    (your torch optimizer, or the ``model_parameters`` DeepSpeed builds one from).
     """
     import deepspeed
 
-    config = kwargs.get("config") or kwargs.get("config_params")
-    launcher_args = kwargs.get("args", args[0] if args else None)
+    arguments = inspect.signature(deepspeed.initialize).bind_partial(*args, **kwargs).arguments
+    config = arguments.get("config") or arguments.get("config_params")
+    launcher_args = arguments.get("args")
     if config is None and getattr(launcher_args, "deepspeed_config", None):
         config = launcher_args.deepspeed_config
     if isinstance(config, (str, Path)):
@@ -183,14 +187,24 @@ def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, **
             recipe = config.get(CONFIG_KEY)
     if recipe is not None:
         recipe = load_recipe(recipe)
-        model = kwargs.get("model", args[1] if len(args) > 1 else None)
+        model = arguments.get("model")
         created = prepare_model(model, recipe) if model is not None else []
-        if created and isinstance(kwargs.get("optimizer"), torch.optim.Optimizer):
-            add_to_optimizer(kwargs["optimizer"], created)
-        elif created and kwargs.get("model_parameters") is not None:  # DeepSpeed builds the optimizer
-            groups = list(kwargs["model_parameters"])
-            groups.append({"params": created, "weight_decay": 0.0} if groups and isinstance(groups[0], dict)
-                          else created)
-            kwargs["model_parameters"] = groups if isinstance(groups[0], dict) else [*groups[:-1], *created]
-    engine, optimizer, dataloader, scheduler = deepspeed.initialize(*args, **kwargs)
+        if created and isinstance(arguments.get("optimizer"), torch.optim.Optimizer):
+            add_to_optimizer(arguments["optimizer"], created)
+        elif created and arguments.get("model_parameters") is not None:  # DeepSpeed builds the optimizer
+            arguments["model_parameters"] = _with_parameters(arguments["model_parameters"], created)
+    engine, optimizer, dataloader, scheduler = deepspeed.initialize(**arguments)
     return engine, optimizer, dataloader, scheduler, attach(engine, recipe)
+
+
+def _with_parameters(model_parameters, created: list[torch.nn.Parameter]) -> list:
+    """``model_parameters`` (parameters or param-group dicts, any iterable) plus those of ``created``
+    it lacks (a generator over ``model.parameters()`` already yields them), without weight decay."""
+    groups = list(model_parameters)
+    if groups and isinstance(groups[0], Mapping):
+        groups = [dict(group, params=list(group["params"])) for group in groups]
+        present = {id(param) for group in groups for param in group["params"]}
+        missing = [param for param in created if id(param) not in present]
+        return groups + ([{"params": missing, "weight_decay": 0.0}] if missing else [])
+    present = {id(param) for param in groups}
+    return groups + [param for param in created if id(param) not in present]

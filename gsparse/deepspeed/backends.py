@@ -180,10 +180,12 @@ class Stage3Backend(FlatPartitionBackend):
     def read_scalars(self, params: Sequence[torch.nn.Parameter]) -> list[float]:
         # Outside forward a ZeRO-3 parameter may hold no data: its element lives in the
         # partition (ds_tensor) of the rank whose range starts at 0; one all-reduce shares it.
-        values = torch.zeros(len(params), dtype=torch.float64)
+        for param in params:
+            _require(param, "ds_tensor")
+        device = params[0].ds_tensor.device if params else None
+        values = torch.zeros(len(params), dtype=torch.float64, device=device)  # NCCL sums device tensors only
         rank = self.communicator.rank
         for index, param in enumerate(params):
-            _require(param, "ds_tensor")
             if rank * param.ds_tensor.numel() == 0 and param.ds_tensor.numel():
                 values[index] = float(param.ds_tensor.reshape(-1)[0])
         self.communicator.all_reduce_sum(values)

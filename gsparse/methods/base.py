@@ -94,6 +94,8 @@ class MaskChange:
 
     @classmethod
     def swap(cls, drop_fraction: float) -> "MaskChange":
+        if not 0.0 <= drop_fraction <= 1.0:
+            raise ValueError(f"MaskChange.swap: drop_fraction must be in [0, 1], got {drop_fraction}")
         return cls("swap", drop_fraction=float(drop_fraction))
 
     @classmethod
@@ -116,6 +118,9 @@ class MaskChange:
 def _counts(layer_counts, total) -> dict:
     if (layer_counts is None) == (total is None):
         raise ValueError("give exactly one of layer_counts (per layer) or total (global)")
+    counts = [total] if total is not None else list(layer_counts)
+    if any(int(count) < 0 for count in counts):
+        raise ValueError(f"active counts must be >= 0, got {counts}")
     if total is not None:
         return {"total": int(total)}
     return {"layer_counts": tuple(int(count) for count in layer_counts)}

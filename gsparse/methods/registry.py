@@ -36,7 +36,7 @@ def register_method(name: str, cls: type[SparseMethod], *, replace: bool = False
         raise ValueError(f"a method named '{name}' is already registered ({METHODS[name].__module__}."
                          f"{METHODS[name].__qualname__}); pass replace=True to override it")
     METHODS[name] = cls
-    if not getattr(cls, "name", None):
+    if "name" not in vars(cls):  # a subclass must not report its parent's name
         cls.name = name
     return cls
 

@@ -491,15 +491,14 @@ def scenario_gather(results: dict):
 
 
 class NaNScoreAtStep10(gsparse.methods.RigL):
-    """RigL whose grow score is NaN at the last weight of every layer at step 10 only: that weight
-    lives on the last rank, so the other ranks see only finite scores and must skip too."""
+    """RigL whose grow score is NaN at the last weight of the last layer at step 10 only: that
+    weight lives on the last rank, and that layer in the last step group."""
 
     def grow_score(self, layer):
         score = super().grow_score(layer).clone()
-        if layer.step == 10:
-            numel = next(info.numel for info in self.layers if info.name == layer.name)
+        if layer.step == 10 and layer.name == self.layers[-1].name:
             index = torch.arange(layer.global_start, layer.global_start + score.numel())
-            score[index == numel - 1] = float("nan")
+            score[index == self.layers[-1].numel - 1] = float("nan")
         return score
 
 
@@ -519,19 +518,28 @@ def scenario_nonfinite(results: dict):
         log("nonfinite_loss", stage, results[f"nonfinite_loss/{stage}"])
         del engine, sparsifier
     sparse_recipe = dict(recipe("rigl"), method="test_nan_score_at_10")
-    reference_model, reference = _reference(sparse_recipe, 25) if dist.get_rank() == 0 else (None, None)
+
+    def two_groups(model):
+        return [{"params": [p for n, p in model.named_parameters() if not n.startswith("4.")]},
+                {"params": [p for n, p in model.named_parameters() if n.startswith("4.")], "weight_decay": 0.0}]
+
+    # two parameter groups (ZeRO-3: several sub-groups): the NaN layer steps in a group of its own
+    reference_model, reference = _reference(sparse_recipe, 25, two_groups) if dist.get_rank() == 0 else (None, None)
     for stage in (2, 3):
         model = make_model(0)
-        engine, _, _, _, sparsifier = gds.initialize(model=model, optimizer=make_optimizer("adamw", model),
-                                                     config=ds_config(stage, sparse_recipe=sparse_recipe))
+        config = ds_config(stage, sparse_recipe=sparse_recipe)
+        config["zero_optimization"]["sub_group_size"] = 1000
+        optimizer = torch.optim.AdamW(two_groups(model), lr=1e-2, weight_decay=0.05)
+        engine, _, _, _, sparsifier = gds.initialize(model=model, optimizer=optimizer, config=config)
         violations = {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
         _sparse_training(engine, sparsifier, 25, invariant_checker(engine, sparsifier, violations))
         metrics = sparsifier.metrics()
         entry = {"violations": violations, "skipped_updates": metrics["skipped_updates"],
-                 "num_updates": metrics["num_updates"]}
+                 "num_updates": metrics["num_updates"], "groups": len(sparsifier.backend.flats)}
         _compare(entry, sparsifier, engine, reference_model, reference)
         if dist.get_rank() == 0:
             entry["reference_skipped_updates"] = reference.metrics()["skipped_updates"]
+            entry["reference_num_updates"] = reference.metrics()["num_updates"]
         results[f"nonfinite_scores/{stage}"] = entry
         log("nonfinite_scores", stage, entry)
         del engine, sparsifier
