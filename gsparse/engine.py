@@ -249,8 +249,10 @@ class SparseEngine:
             inputs = [[method.keep_score(view)] for view in views]
         else:
             if change.kind == "swap":
-                k_drop = [min(round_half_up(change.drop_fraction * self.layers[i].active),
-                              self.layers[i].spec.numel - self.layers[i].active) for i in layers]
+                wanted = [change.layer_counts[i] if change.layer_counts is not None
+                          else round_half_up(change.drop_fraction * self.layers[i].active) for i in layers]
+                k_drop = [min(count, self.layers[i].active, self.layers[i].spec.numel - self.layers[i].active)
+                          for i, count in zip(layers, wanted)]
                 k_grow = k_drop
             else:  # resize to the given per-layer counts
                 targets = [change.layer_counts[index] for index in layers]

@@ -80,15 +80,16 @@ def layer_parameters_of(model: torch.nn.Module, names: Sequence[str],
     return result
 
 
-def add_to_optimizer(optimizer: torch.optim.Optimizer, parameters: Sequence[torch.nn.Parameter]) -> None:
-    """Add the per-layer parameters the optimizer does not train yet, in one group without weight decay."""
+def add_to_optimizer(optimizer: torch.optim.Optimizer, parameters: Sequence[torch.nn.Parameter],
+                     options: Mapping[str, object] | None = None) -> None:
+    """Add the per-layer parameters the optimizer does not train yet, in one group with the
+    method's ``layer_parameter_group`` options (those the optimizer knows; default: no weight decay)."""
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = [p for p in parameters if id(p) not in trained]
     if missing:
-        group = {"params": missing}
-        if "weight_decay" in optimizer.defaults:
-            group["weight_decay"] = 0.0
-        optimizer.add_param_group(group)
+        options = {"weight_decay": 0.0} if options is None else options
+        optimizer.add_param_group({"params": missing, **{key: value for key, value in options.items()
+                                                         if key in optimizer.defaults}})
 
 
 def install_forward_transforms(model: torch.nn.Module, names: Sequence[str], method: SparseMethod,

@@ -90,7 +90,8 @@ class Sparsifier(SparseState):
         names = [spec.name for spec in self.specs]
         method_class = self.recipe.method_class
         layer_parameters = layer_parameters_of(model, names, method_class)
-        add_to_optimizer(optimizer, [p for entry in layer_parameters for p in entry.values()])
+        add_to_optimizer(optimizer, [p for entry in layer_parameters for p in entry.values()],
+                         method_class.layer_parameter_group)
         self.backend = TorchBackend(self.params, optimizer)
         self.engine = SparseEngine.from_recipe(self.specs, self.recipe, self.backend, layer_parameters)
         self._hooks = self.backend.install_step_hooks(self.engine)

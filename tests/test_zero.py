@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.method_cases import load_cases
+
 WORKER = Path(__file__).resolve().parent / "distributed" / "zero_worker.py"
 TRAIN_CONFIGS = ["0-dst_ee", "0-rigl", "1-dst_ee", "1-rigl", "2-dst_ee", "2-rigl", "3-dst_ee", "3-rigl",
                  "2-dst_ee-gas2", "0-rigl-bf16", "1-dst_ee-bf16", "2-rigl-bf16", "3-dst_ee-bf16",
@@ -51,7 +53,7 @@ def results(tmp_path_factory) -> dict:
     workdir = tmp_path_factory.mktemp("zero")
     # 1. Two ranks: training equality at every stage, selection on real partitions, resume,
     #    and the checkpoint the resharding launches read.
-    _run([_torchrun(2, "train,select,resume,reshard_save,seams,admm_groups,gather,nonfinite", workdir, "two",
+    _run([_torchrun(2, "train,select,resume,reshard_save,seams,admm_groups,gather,nonfinite,method_cases", workdir, "two",
                     ("--train-configs", ",".join(TRAIN_CONFIGS)))], workdir / "two.log")
     # 2. One rank: resume the two-rank checkpoint, then save one of its own.
     _run([_torchrun(1, "reshard_load_from_2,reshard_save,refusals,fp16_overflow", workdir, "one")],
@@ -206,3 +208,20 @@ def test_nonfinite_under_zero(results, stage):
     assert scores["num_updates"] == scores["reference_num_updates"] == 2
     assert scores["masks_equal"] and scores["counters_equal"] and scores["max_weight_diff"] <= 1e-6
     assert scores["violations"] == {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
+
+
+METHOD_CASES = load_cases()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("case", sorted(METHOD_CASES))
+def test_method_case_equals_single_process_and_resumes_bitwise(results, case, stage):
+    """Each method's cases (tests/method_cases/) at ZeRO-2/3 on 2 ranks against one process."""
+    entry = results[f"two:method_cases/{case}/{stage}"]
+    assert entry["violations"]["active_count"] == 0  # exact global counts every step
+    if entry["enforces_mask"]:
+        assert entry["violations"]["master_nonzero"] == entry["violations"]["low_precision_nonzero"] == 0
+    assert entry["masks_equal"] and entry["counters_equal"]
+    assert entry["max_weight_diff"] <= 1e-6
+    if METHOD_CASES[case].resume_at:
+        assert entry["resume_equal"]

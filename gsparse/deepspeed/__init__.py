@@ -189,22 +189,24 @@ def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, **
         recipe = load_recipe(recipe)
         model = arguments.get("model")
         created = prepare_model(model, recipe) if model is not None else []
+        group = recipe.method_class.layer_parameter_group
         if created and isinstance(arguments.get("optimizer"), torch.optim.Optimizer):
-            add_to_optimizer(arguments["optimizer"], created)
+            add_to_optimizer(arguments["optimizer"], created, group)
         elif created and arguments.get("model_parameters") is not None:  # DeepSpeed builds the optimizer
-            arguments["model_parameters"] = _with_parameters(arguments["model_parameters"], created)
+            arguments["model_parameters"] = _with_parameters(arguments["model_parameters"], created, group)
     engine, optimizer, dataloader, scheduler = deepspeed.initialize(**arguments)
     return engine, optimizer, dataloader, scheduler, attach(engine, recipe)
 
 
-def _with_parameters(model_parameters, created: list[torch.nn.Parameter]) -> list:
+def _with_parameters(model_parameters, created: list[torch.nn.Parameter], group: Mapping[str, Any]) -> list:
     """``model_parameters`` (parameters or param-group dicts, any iterable) plus those of ``created``
-    it lacks (a generator over ``model.parameters()`` already yields them), without weight decay."""
+    it lacks (a generator over ``model.parameters()`` already yields them), with the method's group
+    options where groups are given."""
     groups = list(model_parameters)
     if groups and isinstance(groups[0], Mapping):
         groups = [dict(group, params=list(group["params"])) for group in groups]
         present = {id(param) for group in groups for param in group["params"]}
         missing = [param for param in created if id(param) not in present]
-        return groups + ([{"params": missing, "weight_decay": 0.0}] if missing else [])
+        return groups + ([{"params": missing, **group}] if missing else [])
     present = {id(param) for param in groups}
     return groups + [param for param in created if id(param) not in present]

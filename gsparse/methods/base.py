@@ -77,8 +77,9 @@ class LayerInfo:
 class MaskChange:
     """What the engine does to the masks at one step. Build with the class methods.
 
-    * ``swap``: per layer drop ``round(drop_fraction * active)`` active weights (lowest
-      :meth:`SparseMethod.drop_score`) and grow as many inactive ones (highest grow score).
+    * ``swap``: per layer drop ``round(drop_fraction * active)`` active weights, or a given number
+      per layer (lowest :meth:`SparseMethod.drop_score`), and grow as many inactive ones (highest
+      grow score).
     * ``resize``: reach the given active counts - per layer (``layer_counts``) or one number over
       all layers (``total``) - by dropping (lowest drop score) or growing (highest grow score).
     * ``reselect``: the new mask is the top counts by :meth:`SparseMethod.keep_score` over all
@@ -93,7 +94,13 @@ class MaskChange:
     total: int | None = None
 
     @classmethod
-    def swap(cls, drop_fraction: float) -> "MaskChange":
+    def swap(cls, drop_fraction: float | None = None, layer_counts: Sequence[int] | None = None) -> "MaskChange":
+        """Drop and grow ``round(drop_fraction * active)`` weights per layer, or ``layer_counts[l]``
+        in layer ``l`` (capped by the active and the inactive weights)."""
+        if (drop_fraction is None) == (layer_counts is None):
+            raise ValueError("MaskChange.swap: give exactly one of drop_fraction or layer_counts")
+        if layer_counts is not None:
+            return cls("swap", **_counts(layer_counts, None))
         if not 0.0 <= drop_fraction <= 1.0:
             raise ValueError(f"MaskChange.swap: drop_fraction must be in [0, 1], got {drop_fraction}")
         return cls("swap", drop_fraction=float(drop_fraction))
@@ -149,6 +156,8 @@ class SparseMethod:
     needs_last_update_step: ClassVar[bool] = False
     transforms_forward: ClassVar[bool] = False
     layer_parameters: ClassVar[Mapping[str, float]] = {}
+    # optimizer options of the group gsparse adds for the layer parameters ({}: the optimizer's defaults)
+    layer_parameter_group: ClassVar[Mapping[str, Any]] = {"weight_decay": 0.0}
     enforces_mask: ClassVar[bool] = True
 
     def __init__(self, **args: Any):

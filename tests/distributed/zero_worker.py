@@ -544,10 +544,57 @@ def scenario_nonfinite(results: dict):
         log("nonfinite_scores", stage, entry)
         del engine, sparsifier
 
+def scenario_method_cases(results: dict, workdir: Path, methods: list[str] | None):
+    """Every method's equality cases (tests/method_cases/): ZeRO-2 and ZeRO-3 against one process,
+    exact counts every step, and bitwise resume from a save at ``resume_at``."""
+    from tests.method_cases import load_cases
+
+    for key, case in load_cases(methods).items():
+        reference_model, reference = _reference(case.recipe, case.steps) if dist.get_rank() == 0 else (None, None)
+        for stage in (2, 3):
+            def build_case(seed=0):
+                model = make_model(seed)
+                return gds.initialize(model=model, optimizer=make_optimizer("adamw", model),
+                                      config=ds_config(stage, sparse_recipe=case.recipe))
+
+            engine, _, _, _, sparsifier = build_case()
+            violations = {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
+            _sparse_training(engine, sparsifier, case.steps, invariant_checker(engine, sparsifier, violations))
+            entry = {"violations": violations, "enforces_mask": sparsifier.engine.enforces_mask,
+                     "updates": sparsifier.engine.num_updates, "skipped_updates": sparsifier.engine.skipped_updates}
+            _compare(entry, sparsifier, engine, reference_model, reference)
+            if case.resume_at:
+                masks, counters = full_state(sparsifier, False)
+                weights = full_weights(engine)
+                del engine, sparsifier
+                engine, _, _, _, sparsifier = build_case()
+                _sparse_training(engine, sparsifier, case.resume_at)
+                folder = workdir / f"method-{key.replace('/', '-')}-{stage}"
+                engine.save_checkpoint(str(folder))
+                del engine, sparsifier
+                engine, _, _, _, sparsifier = build_case(seed=99)
+                engine.load_checkpoint(str(folder))
+                resumed_at = sparsifier.step
+                for step in range(case.resume_at + 1, case.steps + 1):
+                    inputs, targets = batch(step)
+                    engine.backward(torch.nn.functional.cross_entropy(engine(inputs), targets))
+                    engine.step()
+                masks_b, counters_b = full_state(sparsifier, False)
+                weights_b = full_weights(engine)
+                entry["resume_equal"] = (resumed_at == case.resume_at
+                                         and all(torch.equal(masks[n], masks_b[n]) for n in masks)
+                                         and all(torch.equal(counters[n], counters_b[n]) for n in counters)
+                                         and all(torch.equal(weights[n], weights_b[n]) for n in weights))
+            results[f"method_cases/{key}/{stage}"] = entry
+            log("method_cases", key, stage, entry)
+            del engine, sparsifier
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--scenarios", required=True)
     parser.add_argument("--train-configs", default="")
+    parser.add_argument("--cases", default="", help="method_cases: the tests/method_cases modules to run (default all)")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--local_rank", type=int, default=0)
@@ -565,6 +612,8 @@ def main():
             scenario_resume(results, workdir)
         elif scenario == "fp16_overflow":
             scenario_fp16_overflow(results)
+        elif scenario == "method_cases":
+            scenario_method_cases(results, workdir, args.cases.split(",") if args.cases else None)
         elif scenario == "seams":
             scenario_seams(results)
         elif scenario == "admm_groups":
