@@ -136,6 +136,10 @@ def _counts(layer_counts, total) -> dict:
 class SparseMethod:
     """Base of every method; the defaults are a sparse-from-scratch method whose masks never move.
 
+    A method may also define a classmethod ``harness_recipe(total_steps, steps_per_epoch,
+    update_interval) -> dict`` (recipe keys such as ``schedule`` and ``method_args``) that sizes its
+    schedule to a run of that length for the comparison harness (``gsparse.training.compare``).
+
     Class attributes declare what the engine must provide: ``needs_grad`` (dense gradients in
     per-layer scores and :meth:`observe`), ``observes``, ``shapes_gradients``,
     ``per_weight_state`` (name -> dtype of extra per-weight tensors, zero-initialised),

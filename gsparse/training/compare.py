@@ -325,8 +325,16 @@ def build_recipe(method: str, sparsity: float, phases: list[int], spe: int, sett
         pretrain, admm, _ = phases
         recipe["method_args"] = {"pretrain_steps": pretrain * spe, "admm_steps": admm * spe,
                                  "admm_interval": spe, "rho": 0.01}
-    else:  # a method registered later: its defaults, updates every update_interval until 75%
-        recipe["schedule"] = {"update_interval": interval, "last_update_step": max(interval, round_half_up(0.75 * total))}
+    else:
+        from gsparse.methods import get_method
+
+        method_class = get_method(method)
+        if hasattr(method_class, "harness_recipe"):  # the method sizes its own schedule to the run
+            recipe.update(method_class.harness_recipe(total_steps=total, steps_per_epoch=spe,
+                                                      update_interval=interval))
+        else:  # its defaults, updates every update_interval until 75%
+            recipe["schedule"] = {"update_interval": interval,
+                                  "last_update_step": max(interval, round_half_up(0.75 * total))}
     return recipe
 
 

@@ -207,7 +207,9 @@ class _Trainer:
         if self.sparsifier is None:
             return {"density": 1.0, "exploration_degree": 1.0}
         metrics = self.sparsifier.metrics()
-        return {"density": metrics["density"], "exploration_degree": metrics["exploration_degree"]}
+        # per-layer densities too: with global budgets, dense phases or learned thresholds they move
+        return {"density": metrics["density"], "exploration_degree": metrics["exploration_degree"],
+                **{f"density/{name}": layer["density"] for name, layer in metrics["layers"].items()}}
 
     # ---- checkpoints (one per epoch; the run resumes from the newest) -------------------------
 
@@ -255,7 +257,8 @@ class _Trainer:
 def _append_update(run_dir: Path, epoch: int, metrics: dict) -> None:
     """One line per mask update in ``updates.jsonl`` (exploration degree per round)."""
     row = {"epoch": epoch, "step": metrics["step"], "update": metrics["num_updates"], "density": metrics["density"],
-           "exploration_degree": metrics["exploration_degree"], "mask_change": metrics["mask_change"]}
+           "exploration_degree": metrics["exploration_degree"], "mask_change": metrics["mask_change"],
+           "layer_density": {name: layer["density"] for name, layer in metrics["layers"].items()}}
     with (run_dir / "updates.jsonl").open("a") as output:
         output.write(json.dumps(row) + "\n")
 
