@@ -11,6 +11,11 @@ from gsparse.methods.static import Static
 for _cls in (DSTEE, RigL, SET, Static, GMP, ADMM):
     register_method(_cls.name, _cls)
 
-__all__ = ["METHODS", "ADMM", "DSTEE", "DropGrowMethod", "GMP", "LayerInfo", "LayerView", "MaskChange",
-           "PruneFromDenseMethod", "RigL", "SET", "SparseMethod", "Static", "available_methods", "get_method",
+# The methods of the other seed papers register themselves on import (after the ones above, so
+# that error messages list the flagship first).
+from gsparse.methods.mest import MEST  # noqa: E402
+from gsparse.methods.snip import SNIP  # noqa: E402
+
+__all__ = ["METHODS", "ADMM", "DSTEE", "DropGrowMethod", "GMP", "LayerInfo", "LayerView", "MaskChange", "MEST",
+           "PruneFromDenseMethod", "RigL", "SET", "SNIP", "SparseMethod", "Static", "available_methods", "get_method",
            "register_method"]

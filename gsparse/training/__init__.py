@@ -9,9 +9,10 @@ gradient accumulation, sparsity (a gsparse recipe), checkpoints and resume, logs
 DeepSpeed's monitor, non-finite-loss detection (:class:`TrainingDiverged`) and FLOPs
 (:mod:`gsparse.training.flops`). Importing it needs neither PyG nor DeepSpeed.
 """
+from gsparse.training.forgetting import ForgettingSampler, ForgettingTracker, IndexedDataset
 from gsparse.training.flops import WeightUse, forward_flops, record_uses, training_flops
 from gsparse.training.runner import RunConfig, TrainingDiverged, shutdown_distributed, train
 from gsparse.training.task import RunContext, Task, TaskBase, check_task
 
-__all__ = ["RunConfig", "RunContext", "Task", "TaskBase", "TrainingDiverged", "WeightUse", "check_task",
+__all__ = ["ForgettingSampler", "ForgettingTracker", "IndexedDataset", "RunConfig", "RunContext", "Task", "TaskBase", "TrainingDiverged", "WeightUse", "check_task",
            "forward_flops", "record_uses", "shutdown_distributed", "train", "training_flops"]

@@ -1,0 +1,144 @@
+"""MEST, Memory-Economic Sparse Training (Yuan et al., NeurIPS 2021), with Elastic Mutation (EM)
+and Soft-memory-bound Elastic Mutation (EM&S), Algorithm 1 of the paper.
+
+Rules implemented:
+
+* Sparse from scratch: a random mask with the recipe's per-layer counts (density ``1 - s``).
+* Importance score (Eq. 1): ``|w| + lambda * |g * m|`` with ``g`` this step's gradient and ``m``
+  the current mask, i.e. only the *sparse* gradient (active weights) counts; inactive weights never
+  contribute (``grad_coefficient`` is lambda). Least important active weights are removed.
+* Growth is random among inactive weights (:meth:`LayerView.uniform`, equal whatever the sharding).
+* Mutation steps: every ``schedule.update_interval`` steps (Delta tau) from
+  ``schedule.first_update_step``, while the step is below ``stop_step`` (tau_stop; default
+  ``schedule.last_update_step``, none: until training ends). After that the mask is fixed.
+* The mutation fraction ``p_t = mutation_fraction * decay_factor ** (milestones <= t)`` is a
+  fraction of each layer's *total* weights ``N^l``: ``k^l = round_half_up(p_t * N^l)``.
+* ``mode: em`` (MEST+EM): at each mutation step, per layer, ArgRemoveTo(s + p) then ArgGrowTo(s):
+  drop the ``k^l`` least important active weights and grow ``k^l`` random zero weights (a swap;
+  counts capped by the active and the inactive weights; the just-removed weights may be drawn again,
+  as in the paper and the reference code, unless ``regrow_dropped: false``).
+* ``mode: ems`` (MEST+EM&S): mutation steps alternate. On the even ones each layer grows ``k^l``
+  random weights (ArgGrowTo(s - p): budget rises); the next mutation step, ``update_interval``
+  steps later, removes back to the recipe's count by the importance score over all active weights,
+  the new ones included (ArgRemoveTo(s): the "undo" of a bad growth). A cycle starts only if its
+  prune-back falls at or before ``stop_step``, so the target is met when the mask freezes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gsparse.distributions import round_half_up
+from gsparse.methods.base import LayerView, MaskChange, SparseMethod
+from gsparse.methods.registry import register_method
+from gsparse.options import Option, RecipeError, boolean, choice, integer, number, optional
+
+# The reference scripts' mutation fraction at 90% sparsity (EM: prune to 0.92, grow to 0.90;
+# EM&S: grow to 0.85, prune to 0.90).
+DEFAULT_MUTATION_FRACTION = {"em": 0.02, "ems": 0.05}
+
+
+def increasing_steps(key: str, value: Any) -> tuple[int, ...]:
+    """A list of strictly increasing optimizer steps (integers >= 1)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                      for v in value):
+        raise RecipeError(key, f"expected a list of optimizer steps (integers >= 1), got {value!r}")
+    if any(later <= earlier for earlier, later in zip(value, value[1:])):
+        raise RecipeError(key, f"expected strictly increasing steps, got {list(value)!r}")
+    return tuple(value)
+
+
+class MEST(SparseMethod):
+    name = "mest"
+    options = {
+        "mode": Option("em", choice("em", "ems"), "em: drop/grow swap at each mutation (hard memory bound); "
+                                                  "ems: grow to s - p, train, remove back to s (soft bound)"),
+        "mutation_fraction": Option(None, optional(number(0.0, 1.0)),
+                                    "p, a fraction of each layer's total weights (null: 0.02 for em, 0.05 for "
+                                    "ems, the reference scripts' values)"),
+        "decay_factor": Option(0.5, number(0.0, 1.0), "p is multiplied by this at every milestone"),
+        "decay_milestones": Option((), increasing_steps, "optimizer steps at which p decays"),
+        "stop_step": Option(None, optional(integer(1)), "tau_stop: no mutation at or after this step (null: "
+                                                        "schedule.last_update_step; both null: never stop)"),
+        "grad_coefficient": Option(0.0, number(0.0), "lambda in |w| + lambda * |sparse gradient|"),
+        "regrow_dropped": Option(True, boolean, "em: may the random growth pick a weight removed in the same "
+                                                "mutation (the paper and the reference code: yes)"),
+    }
+
+    def __init__(self, **args: Any):
+        super().__init__(**args)
+        if self.args.mutation_fraction is None:
+            self.args.mutation_fraction = DEFAULT_MUTATION_FRACTION[self.args.mode]
+        # Only the sparse gradient is read; without a gradient term no gradient is needed at all.
+        self.needs_grad = self.args.grad_coefficient > 0.0
+        self.regrow_dropped = self.args.regrow_dropped
+
+    # ---- schedule ----------------------------------------------------------------------------
+
+    @property
+    def stop_step(self) -> int | None:
+        if self.args.stop_step is not None:
+            return self.args.stop_step
+        return self.schedule.last_update_step
+
+    def mutation_fraction_at(self, step: int) -> float:
+        """p at ``step``: decayed once for every milestone reached."""
+        decays = sum(1 for milestone in self.args.decay_milestones if step >= milestone)
+        return self.args.mutation_fraction * self.args.decay_factor ** decays
+
+    def mutation_index(self, step: int) -> int | None:
+        """0, 1, 2, ... for the mutation steps (multiples of update_interval from first_update_step)."""
+        interval, first = self.schedule.update_interval, self.schedule.first_update_step
+        if step < first or step % interval:
+            return None
+        return step // interval - (first + interval - 1) // interval
+
+    def mutation_counts(self, step: int) -> list[int]:
+        """Weights mutated per layer at ``step``: ``round_half_up(p_t * N^l)``."""
+        fraction = self.mutation_fraction_at(step)
+        return [round_half_up(fraction * layer.numel) for layer in self.layers]
+
+    def _ems_grow_counts(self, step: int) -> list[int] | None:
+        """EM&S: the per-layer counts after growing at ``step``, or None if no cycle starts there."""
+        index = self.mutation_index(step)
+        if index is None or index % 2:
+            return None
+        stop = self.stop_step
+        if stop is not None and step + self.schedule.update_interval > stop:
+            return None
+        grow = self.mutation_counts(step)
+        if not any(grow):
+            return None
+        return [min(layer.target_active + count, layer.numel) for layer, count in zip(self.layers, grow)]
+
+    # ---- policy ------------------------------------------------------------------------------
+
+    def mask_change(self, step: int) -> MaskChange | None:
+        if self.args.mode == "ems":
+            grown = self._ems_grow_counts(step)
+            if grown is not None:
+                return MaskChange.resize(layer_counts=grown)
+            if self._ems_grow_counts(step - self.schedule.update_interval) is not None:
+                return MaskChange.resize(layer_counts=[layer.target_active for layer in self.layers])
+            return None
+        if self.mutation_index(step) is None or (self.stop_step is not None and step >= self.stop_step):
+            return None
+        counts = self.mutation_counts(step)
+        return MaskChange.swap(layer_counts=counts) if any(counts) else None
+
+    def drop_score(self, layer: LayerView) -> torch.Tensor:
+        """Eq. 1: ``|w| + lambda * |g * m|`` (the sparse gradient only)."""
+        score = layer.weight.abs()
+        if self.needs_grad:
+            sparse_grad = torch.where(layer.mask, layer.grad, torch.zeros_like(layer.grad))
+            score = score + self.args.grad_coefficient * sparse_grad.abs()
+        return score
+
+    def grow_score(self, layer: LayerView) -> torch.Tensor:
+        return layer.uniform()
+
+
+register_method("mest", MEST)
