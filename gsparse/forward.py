@@ -19,7 +19,6 @@ from typing import Mapping, Sequence
 
 import torch
 
-from gsparse.methods import get_method
 from gsparse.methods.base import SparseMethod
 from gsparse.params import LAYER_PARAMETER_NAMES, sparse_param_specs
 from gsparse.recipe import load_recipe
@@ -41,14 +40,14 @@ def prepare_model(model: torch.nn.Module, recipe) -> list[torch.nn.Parameter]:
     model was prepared already).
     """
     recipe = load_recipe(recipe)
-    method_class = get_method(recipe.method)
-    if not method_class.layer_parameters:
+    if not recipe.method_class.layer_parameters:
         return []
+    initial_values = recipe.build_method().layer_parameters  # an instance may derive them from its options
     created = []
     for spec in sparse_param_specs(model, recipe):
         module, attr = _owner(model, spec.name)
         weight = module._parameters[attr]
-        for key, initial in method_class.layer_parameters.items():
+        for key, initial in initial_values.items():
             name = f"{attr}_{key}"
             if name in layer_parameter_names(module) and module._parameters.get(name) is not None:
                 continue  # prepared already (also in a copy of a prepared model)
@@ -98,15 +97,16 @@ def install_forward_transforms(model: torch.nn.Module, names: Sequence[str], met
     if not method.transforms_forward:
         return []
     handles = []
+    infos = {info.name: info for info in method.layers}
     for name, layer_parameters in zip(names, parameters):
         module, attr = _owner(model, name)
 
-        def shadow_weight(module, args, attr=attr, name=name, layer_parameters=layer_parameters):
+        def shadow_weight(module, args, attr=attr, name=name, layer_parameters=layer_parameters, info=infos[name]):
             weight = module._parameters[attr]
             if weight.numel() == 0:  # ZeRO-3 did not gather it: our hook ran before DeepSpeed's
                 raise RuntimeError(f"gsparse: the weight '{name}' is not gathered in forward; attach gsparse "
                                    "after deepspeed.initialize (gsparse.deepspeed.initialize does)")
-            module.__dict__[attr] = method.forward_weight(weight, layer_parameters)
+            module.__dict__[attr] = method.forward_weight(weight, layer_parameters, info)
 
         def remove_shadow(module, args, output, attr=attr):
             module.__dict__.pop(attr, None)

@@ -8,6 +8,7 @@ import torch
 import gsparse
 import gsparse.methods.autosparse  # registers the method
 from gsparse.methods.autosparse import AutoSparse, RunawaySparsity, alpha_decay
+from gsparse.methods.base import LayerInfo
 from gsparse.methods.registry import register_method
 from gsparse.selection import reference_top_k
 from tests.conftest import batch_for_step, small_mlp
@@ -40,7 +41,7 @@ def test_pruned_weights_get_alpha_times_their_gradient_and_exactly_zero_at_alpha
         method = AutoSparse(steps_per_epoch=1, epochs=1, alpha0=alpha, alpha_decay="constant")
         weight = weight_values.clone().requires_grad_(True)
         s = torch.full((1,), -5.0, requires_grad=True)
-        out = method.forward_weight(weight, {"s": s})
+        out = method.forward_weight(weight, {"s": s}, LayerInfo("w", tuple(weight.shape), weight.numel(), 0))
         threshold = torch.sigmoid(torch.tensor(-5.0))
         assert torch.equal(out != 0, kept)
         assert torch.allclose(out[kept], torch.sign(weight_values[kept]) * (weight_values[kept].abs() - threshold))
@@ -162,18 +163,11 @@ def test_masks_are_the_threshold_rule_every_step_with_exact_counts_and_nothing_z
     assert sparsifier.metrics()["density"] < 1.0
 
 
-class RunawayAutoSparse(AutoSparse):
-    layer_parameters = {"s": 3.0}  # T = sigmoid(3) = 0.95, above every initial |w|
-
-
-register_method("autosparse_test_runaway", RunawayAutoSparse, replace=True)
-
-
 def test_a_fully_pruned_layer_warns_and_shows_in_the_per_layer_density():
     model = small_mlp()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    sparsifier = gsparse.Sparsifier(model, optimizer, {**recipe(), "method": "autosparse_test_runaway"})
-    with pytest.warns(RunawaySparsity, match="fully pruned"):
+    sparsifier = gsparse.Sparsifier(model, optimizer, recipe(s0=3.0))  # T = sigmoid(3) = 0.95 > every |w|
+    with pytest.warns(RunawaySparsity, match="'0.weight' is fully pruned"):
         train(model, optimizer, 1, 1)
     layers = sparsifier.metrics()["layers"]
     assert all(layers[name]["density"] == 0.0 for name in layers)
@@ -189,8 +183,8 @@ def test_bad_options_raise_recipe_errors_naming_the_key():
         gsparse.load_recipe(recipe(alpha0=1.5))
     with pytest.raises(gsparse.RecipeError, match="method_args.epochs.*required"):
         gsparse.load_recipe({**recipe(), "method_args": {"steps_per_epoch": 10}})
-    with pytest.raises(gsparse.RecipeError, match="method_args.s0.*allowed keys"):
-        gsparse.load_recipe(recipe(s0=-3))
+    with pytest.raises(gsparse.RecipeError, match="method_args.s0.*a number"):
+        gsparse.load_recipe(recipe(s0="low"))
     assert gsparse.load_recipe("recipes/autosparse.yaml").method_args["alpha_decay"] == "sigmoid_cosine"
 
 
@@ -255,3 +249,13 @@ def test_topkast_ga_keeps_the_top_budget_in_forward_and_anneals_the_rest():
             mask = sparsifier.masks[spec.name]
             assert torch.equal(mask, check.kept[spec.name].reshape(mask.shape))  # the forward's top-k
             assert int(mask.sum()) == layer.active == spec.active_count  # a fixed budget
+
+
+def test_the_initial_threshold_comes_from_the_recipe():
+    import gsparse
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+    recipe = {"method": "autosparse", "sparsity": 0.5,
+              "method_args": {"steps_per_epoch": 4, "epochs": 3, "s0": -7.0}}
+    gsparse.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), recipe)
+    assert float(model[0].weight_s.detach()) == -7.0 and float(model[2].weight_s.detach()) == -7.0

@@ -54,7 +54,7 @@ class SoftThreshold(DropGrowMethod):
     transforms_forward = True
     layer_parameters = {"threshold": 0.0}
 
-    def forward_weight(self, weight, parameters):
+    def forward_weight(self, weight, parameters, layer):
         return torch.sign(weight) * torch.relu(weight.abs() - parameters["threshold"])
 
 

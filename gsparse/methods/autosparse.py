@@ -40,7 +40,7 @@ from typing import Mapping
 
 import torch
 
-from gsparse.methods.base import MaskChange, SparseMethod
+from gsparse.methods.base import LayerInfo, MaskChange, SparseMethod
 from gsparse.methods.registry import register_method
 from gsparse.options import Option, boolean, choice, integer, number, optional
 from gsparse.selection import reference_top_k
@@ -118,10 +118,14 @@ class AutoSparse(SparseMethod):
         "alpha_zero_epoch": Option(None, optional(integer(0)),
                                    help="from this 0-based epoch on alpha = 0 (null: never)"),
         "warn_fully_pruned": Option(True, boolean, help="warn when forward finds a layer fully pruned"),
+        "s0": Option(-5.0, number(), help="initial s of every layer (threshold sigmoid(s0); the paper: -5 for "
+                                          "CNNs, -7/-8 elsewhere)"),
     }
 
     def __init__(self, **args):
         super().__init__(**args)
+        if "s0" in self.options:
+            self.layer_parameters = {"s": self.args.s0}  # the initial values prepare_model registers
         self.steps_begun = 0  # optimizer steps whose begin_step ran: the next forward belongs to step + 1
 
     # ---- gradient annealing schedule -----------------------------------------------------------
@@ -159,11 +163,12 @@ class AutoSparse(SparseMethod):
 
     # ---- forward seam ---------------------------------------------------------------------------
 
-    def forward_weight(self, weight: torch.Tensor, parameters: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward_weight(self, weight: torch.Tensor, parameters: Mapping[str, torch.Tensor],
+                       layer: LayerInfo) -> torch.Tensor:
         threshold = torch.sigmoid(parameters["s"]).to(weight.dtype)
         transformed = gradient_annealed_threshold(weight, threshold, self.alpha)
         if self.args.warn_fully_pruned and weight.numel() and not bool(transformed.detach().any()):
-            warnings.warn(f"gsparse autosparse: a sparse layer of shape {tuple(weight.shape)} is fully pruned "
+            warnings.warn(f"gsparse autosparse: sparse layer '{layer.name}' is fully pruned "
                           f"(every |w| <= T = sigmoid(s) = {float(threshold.detach()):.4g}): runaway sparsity",
                           RunawaySparsity, stacklevel=2)
         return transformed
@@ -202,16 +207,7 @@ class TopKASTGA(AutoSparse):
     name = "topkast_ga"
     layer_parameters = {}
     layer_parameter_group = {"weight_decay": 0.0}
-    options = {key: option for key, option in AutoSparse.options.items() if key != "warn_fully_pruned"}
-
-    def setup(self, layers, schedule) -> None:
-        super().setup(layers, schedule)
-        # forward sees a weight, not a layer name: its budget is found by shape
-        self._budget_by_shape: dict[tuple[int, ...], int] = {}
-        for layer in self.layers:
-            if self._budget_by_shape.setdefault(tuple(layer.shape), layer.target_active) != layer.target_active:
-                raise ValueError(f"topkast_ga: sparse layers of shape {tuple(layer.shape)} have different budgets; "
-                                 "forward cannot tell them apart (use one sparsity per shape)")
+    options = {key: option for key, option in AutoSparse.options.items() if key not in ("warn_fully_pruned", "s0")}
 
     def initial_change(self) -> MaskChange:
         return MaskChange.reselect(layer_counts=[layer.target_active for layer in self.layers])
@@ -222,10 +218,10 @@ class TopKASTGA(AutoSparse):
     def keep_score(self, layer) -> torch.Tensor:
         return layer.weight.abs()
 
-    def forward_weight(self, weight: torch.Tensor, parameters: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        budget = self._budget_by_shape[tuple(weight.shape)]
+    def forward_weight(self, weight: torch.Tensor, parameters: Mapping[str, torch.Tensor],
+                       layer: LayerInfo) -> torch.Tensor:
         kept = reference_top_k(  # the engine's top-k rule, on the whole weight
-            weight.detach().abs().float(), None, budget).view(weight.shape)
+            weight.detach().abs().float(), None, layer.target_active).view(weight.shape)
         return _GradientAnnealedTopK.apply(weight, kept, float(self.alpha))
 
 

@@ -21,9 +21,10 @@ process holds (all of it in one process, a ZeRO partition under DeepSpeed). Scor
 elementwise. Per-weight state is sharded exactly like the mask and checkpointed with it.
 
 **Forward seam** (optional, ``transforms_forward = True``). :meth:`forward_weight` maps a sparse
-layer's full weight (gathered, under ZeRO-3) and the layer's own trainable parameters
-(``layer_parameters``: name -> initial value, one scalar per layer, trained by the optimizer)
-to the weight used in forward; it may use a custom autograd function to shape the backward.
+layer's full weight (gathered, under ZeRO-3), the layer's own trainable parameters
+(``layer_parameters``: name -> initial value, one scalar per layer, trained by the optimizer; an
+instance may compute the initial values from its options) and its :class:`LayerInfo` to the
+weight used in forward; it may use a custom autograd function to shape the backward.
 """
 from __future__ import annotations
 
@@ -147,7 +148,10 @@ class SparseMethod:
     (its schedule needs ``schedule.last_update_step``), ``transforms_forward`` and
     ``layer_parameters`` (the forward seam) and ``enforces_mask`` (True: inactive weights are
     held at zero, their gradients and optimizer state cleared; False: the mask only records which
-    weights the forward transform keeps, e.g. AutoSparse's ``|w| > T``, for metrics and FLOPs).
+    weights the forward transform keeps, e.g. AutoSparse's ``|w| > T``, for metrics and FLOPs)
+    and ``dormant_weights`` (True: a pruned weight's value is kept in the per-weight state
+    ``dormant`` and it comes back with that value when regrown, instead of at zero - forward still
+    sees zero, as with ``w * m``; OptG).
     """
 
     name: ClassVar[str]
@@ -163,6 +167,7 @@ class SparseMethod:
     # optimizer options of the group gsparse adds for the layer parameters ({}: the optimizer's defaults)
     layer_parameter_group: ClassVar[Mapping[str, Any]] = {"weight_decay": 0.0}
     enforces_mask: ClassVar[bool] = True
+    dormant_weights: ClassVar[bool] = False
 
     def __init__(self, **args: Any):
         self.args = SimpleNamespace(**resolve_options(args, self.options, "method_args."))
@@ -217,9 +222,10 @@ class SparseMethod:
 
     # ---- forward seam ------------------------------------------------------------------------
 
-    def forward_weight(self, weight: torch.Tensor, parameters: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The weight used in forward (``transforms_forward``), from the full weight and the
-        layer's own parameters (each a 1-element tensor)."""
+    def forward_weight(self, weight: torch.Tensor, parameters: Mapping[str, torch.Tensor],
+                       layer: LayerInfo) -> torch.Tensor:
+        """The weight used in forward (``transforms_forward``), from the full weight, the layer's
+        own parameters (each a 1-element tensor) and which layer it is."""
         return weight
 
     # ---- helpers and checkpoints -------------------------------------------------------------
