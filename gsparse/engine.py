@@ -46,6 +46,9 @@ def counter_dtype_for(max_count: int) -> torch.dtype:
     raise OverflowError(max_count)
 
 
+DORMANT = "dormant"  # per-weight state of methods with dormant_weights: the values of pruned weights
+
+
 class NonFiniteScores(UserWarning):
     """A mask update was skipped because some of its scores were NaN or infinite."""
 
@@ -113,6 +116,8 @@ class SparseEngine:
                            torch.zeros(local.length, dtype=torch.uint8, device=weight.device))
         state.extra = {name: torch.zeros(local.length, dtype=dtype, device=weight.device)
                        for name, dtype in self.method.per_weight_state.items()}
+        if self.method.dormant_weights:
+            state.extra[DORMANT] = torch.zeros(local.length, dtype=torch.float32, device=weight.device)
         return state
 
     def _select_initial_masks(self) -> None:
@@ -133,6 +138,8 @@ class SparseEngine:
         for index, (layer, mask, count) in enumerate(zip(self.layers, chosen, counts)):
             layer.mask, layer.active = mask, count
             layer.counter = mask.to(torch.uint8)
+            if self.method.dormant_weights:  # the initial values of the weights that start pruned
+                layer.extra[DORMANT].copy_(self.backend.weight(index).masked_fill(mask, 0))
             if self.enforces_mask:
                 # Attaching to a trained optimizer (a dense warm start) must not leave momentum behind.
                 self.backend.reset_optimizer_state(index, ~mask)
@@ -369,6 +376,12 @@ class SparseEngine:
         counter_dtype = counter_dtype_for(self.num_updates + 2)  # the bound after this update
         for index, drop, grow, dropped_count, grown_count in zip(layers, dropped, grown, k_drop, k_grow):
             state = self.layers[index]
+            if self.method.dormant_weights:  # pruned weights keep their value; regrown ones get it back
+                dormant = state.extra[DORMANT]
+                weight = self.backend.weight(index)
+                dormant.copy_(torch.where(drop, weight, dormant))
+                self.backend.write_weights(index, grow, dormant)
+                dormant.masked_fill_(grow, 0)
             state.mask = (state.mask & ~drop) | grow
             state.active += grown_count - dropped_count
             if state.counter.dtype != counter_dtype:
@@ -441,7 +454,7 @@ class SparseEngine:
 
     def state_names(self) -> list[str]:
         """The per-weight tensors kept per layer: ``mask``, ``counter`` and the method's state."""
-        return ["mask", "counter", *self.method.per_weight_state]
+        return ["mask", "counter", *self.method.per_weight_state, *([DORMANT] if self.method.dormant_weights else [])]
 
     def gather(self, keys: Sequence[str] = ("mask",), layers: Sequence[str] | None = None,
                rank: int | None = None) -> dict[str, dict[str, torch.Tensor]] | None:

@@ -8,7 +8,7 @@ like any other parameter. Call it before the optimizer is built (``Sparsifier`` 
 ``gsparse.deepspeed.initialize`` call it for you).
 
 :func:`install_forward_transforms` wraps each owning module's forward: a pre-hook computes
-``method.forward_weight(weight, parameters)`` and shadows the module's ``weight`` attribute with
+``method.forward_weight(weight, parameters, layer)`` and shadows the module's ``weight`` attribute with
 it (the parameter itself is untouched, so state dicts, optimizers and ZeRO see nothing unusual);
 a post-hook removes the shadow. Under ZeRO-3 the hooks run after DeepSpeed's own pre-forward hook,
 when the full weight is gathered.

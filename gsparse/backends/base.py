@@ -84,6 +84,10 @@ class Backend(ABC):
     def mask_weights(self, masks: Sequence[tuple[int, torch.Tensor]]) -> None:
         """Zero inactive weights (master and low-precision copies) of the given layers."""
 
+    def write_weights(self, layer: int, positions: torch.Tensor, values: torch.Tensor) -> None:
+        """Set the (master) weight of ``layer`` to ``values`` at ``positions`` (bool, local piece)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot write weights (needed by dormant_weights methods)")
+
     def sync_weights(self) -> None:
         """Propagate master-weight changes made outside an optimizer step to low-precision copies
         (collective where the backend is distributed). Inside a step the framework does it."""

@@ -46,6 +46,11 @@ class TorchBackend(Backend):
         for layer, mask in masks:
             zero_inactive_(self.params[layer], mask.view(self.params[layer].shape))
 
+    @torch.no_grad()
+    def write_weights(self, layer: int, positions: torch.Tensor, values: torch.Tensor) -> None:
+        flat = self.params[layer].data.view(-1)
+        flat[positions] = values[positions].to(flat.dtype)
+
     def reset_optimizer_state(self, layer: int, positions: torch.Tensor) -> None:
         param = self.params[layer]
         for value in self.optimizer.state.get(param, {}).values():

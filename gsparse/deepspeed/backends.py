@@ -91,6 +91,11 @@ class FlatPartitionBackend(Backend):
         for layer, mask in masks:
             zero_inactive_(self._range(self.flats[self.pieces[layer].flat], layer), mask)
 
+    @torch.no_grad()
+    def write_weights(self, layer: int, positions: torch.Tensor, values: torch.Tensor) -> None:
+        piece = self._range(self.flats[self.pieces[layer].flat], layer)
+        piece[positions] = values[positions].to(piece.dtype)
+
     def reset_optimizer_state(self, layer: int, positions: torch.Tensor) -> None:
         flat = self.flats[self.pieces[layer].flat]
         for value in self.optimizer.state.get(flat, {}).values():

@@ -16,8 +16,9 @@ for _cls in (DSTEE, RigL, SET, Static, GMP, ADMM):
 from gsparse.methods.acdc import ACDC  # noqa: E402
 from gsparse.methods.autosparse import AutoSparse, TopKASTGA  # noqa: E402
 from gsparse.methods.mest import MEST  # noqa: E402
+from gsparse.methods.optg import OptG  # noqa: E402
 from gsparse.methods.snip import SNIP  # noqa: E402
 
-__all__ = ["METHODS", "ACDC", "ADMM", "AutoSparse", "TopKASTGA", "DSTEE", "DropGrowMethod", "GMP", "LayerInfo", "LayerView", "MaskChange", "MEST",
+__all__ = ["METHODS", "ACDC", "ADMM", "AutoSparse", "TopKASTGA", "DSTEE", "DropGrowMethod", "GMP", "LayerInfo", "LayerView", "MaskChange", "MEST", "OptG",
            "PruneFromDenseMethod", "RigL", "SET", "SNIP", "SparseMethod", "Static", "available_methods", "get_method",
            "register_method"]
