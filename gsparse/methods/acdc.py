@@ -130,4 +130,18 @@ class ACDC(SparseMethod):
     # weight is grown, so the default random score only orders a selection of all of them.
 
 
+    @classmethod
+    def harness_recipe(cls, total_steps: int, steps_per_epoch: int, update_interval: int) -> dict:
+        """The reference 10/5/5/10/15-of-100 shape scaled to a comparison run of ``total_steps``."""
+        epochs = max(total_steps // steps_per_epoch, 5)
+
+        def part(share: float, minimum: int) -> int:
+            return max(minimum, round(share * epochs))
+
+        return {"method_args": {"steps_per_epoch": steps_per_epoch, "total_epochs": epochs,
+                                "warmup_epochs": part(0.10, 0), "compressed_epochs": part(0.05, 1),
+                                "decompressed_epochs": part(0.05, 1), "last_decompressed_epochs": part(0.10, 0),
+                                "finetune_epochs": part(0.15, 1), "selection": "global"}}
+
+
 register_method("acdc", ACDC)

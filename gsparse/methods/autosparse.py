@@ -173,6 +173,13 @@ class AutoSparse(SparseMethod):
                           RunawaySparsity, stacklevel=2)
         return transformed
 
+    @classmethod
+    def harness_recipe(cls, total_steps: int, steps_per_epoch: int, update_interval: int) -> dict:
+        """The paper's schedule on a comparison run: alpha over the run's epochs, 0 for the last 10%."""
+        epochs = max(1, total_steps // steps_per_epoch)
+        return {"method_args": {"steps_per_epoch": steps_per_epoch, "epochs": epochs,
+                                "alpha_zero_epoch": max(1, round(0.9 * epochs))}}
+
     # ---- checkpoints ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict:

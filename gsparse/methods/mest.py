@@ -141,4 +141,13 @@ class MEST(SparseMethod):
         return layer.uniform()
 
 
+    @classmethod
+    def harness_recipe(cls, total_steps: int, steps_per_epoch: int, update_interval: int) -> dict:
+        """EM&S for a comparison run: mutate every epoch, halve p at 56% and stop at 75% of the run
+        (the reference 90- and 120-of-160-epoch milestones)."""
+        return {"schedule": {"update_interval": steps_per_epoch},
+                "method_args": {"mode": "ems", "decay_milestones": [max(1, round(0.5625 * total_steps))],
+                                "stop_step": max(2, round(0.75 * total_steps))}}
+
+
 register_method("mest", MEST)
