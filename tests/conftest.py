@@ -31,3 +31,40 @@ def train_step(model, optimizer, step: int) -> float:
     loss.backward()
     optimizer.step()
     return loss.item()
+
+
+def sparse_run(recipe, first: int, last: int, state: dict | None = None):
+    """Train ``small_mlp`` with AdamW and a Sparsifier on ``recipe`` for steps ``first..last``,
+    first restoring ``state`` (model, optimizer, sparsifier) if given; returns the three."""
+    import gsparse
+
+    model = small_mlp(seed=7 if state else 0)  # a resumed run must not depend on its own init
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
+    sparsifier = gsparse.Sparsifier(model, optimizer, recipe)
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sparsifier.load_state_dict(state["sparsifier"])
+    for step in range(first, last + 1):
+        train_step(model, optimizer, step)
+    return model, optimizer, sparsifier
+
+
+def assert_resume_bitwise(recipe, steps: int, resume_at: int):
+    """Stopping after ``resume_at`` and resuming from the saved states ends exactly where an
+    uninterrupted run of ``steps`` does: weights, masks, counters, method state, counts."""
+    model, _, sparsifier = sparse_run(recipe, 1, steps)
+    first = sparse_run(recipe, 1, resume_at)
+    state = {"model": first[0].state_dict(), "optimizer": first[1].state_dict(), "sparsifier": first[2].state_dict()}
+    resumed_model, _, resumed = sparse_run(recipe, resume_at + 1, steps, state)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed_model.state_dict().values()))
+    for layer, other in zip(sparsifier.engine.layers, resumed.engine.layers):
+        assert torch.equal(layer.mask, other.mask) and torch.equal(layer.counter, other.counter)
+        assert layer.extra.keys() == other.extra.keys()
+        assert all(torch.equal(layer.extra[key], other.extra[key]) for key in layer.extra)
+        assert layer.active == other.active
+    engine, resumed_engine = sparsifier.engine, resumed.engine
+    assert (engine.num_updates, engine.skipped_updates, engine.layer_active_steps) == \
+        (resumed_engine.num_updates, resumed_engine.skipped_updates, resumed_engine.layer_active_steps)
+    assert engine.method.state_dict() == resumed_engine.method.state_dict()
+    return sparsifier, resumed

@@ -9,7 +9,7 @@ import gsparse
 import gsparse.methods.acdc  # registers the method
 from gsparse.methods.acdc import ACDC
 from gsparse.selection import reference_top_k
-from tests.conftest import batch_for_step, small_mlp
+from tests.conftest import assert_resume_bitwise, batch_for_step, small_mlp
 
 # 2 steps per epoch: warm-up 3 epochs, phases of 2 (compressed) / 1 (decompressed), the last
 # decompressed phase at least 2, fine-tune the last 3 of 20 epochs. In steps: dense 1-6, then
@@ -130,31 +130,7 @@ def test_schedule_in_epochs_and_the_length_scale():
 
 @pytest.mark.parametrize("resume_at,selection", [(10, "layer"), (24, "global")])  # the next step switches
 def test_resume_is_bitwise(resume_at, selection):
-    recipe = acdc_recipe(selection)
-
-    def run(first, last, state=None):
-        model = small_mlp(seed=7 if state else 0)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
-        sparsifier = gsparse.Sparsifier(model, optimizer, recipe)
-        if state:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            sparsifier.load_state_dict(state["sparsifier"])
-        for step in range(first, last + 1):
-            loss_backward(model, optimizer, step)
-            optimizer.step()
-        return model, optimizer, sparsifier
-
-    model, _, sparsifier = run(1, 30)
-    first_model, first_optimizer, first_sparsifier = run(1, resume_at)
-    state = {"model": first_model.state_dict(), "optimizer": first_optimizer.state_dict(),
-             "sparsifier": first_sparsifier.state_dict()}
-    resumed_model, _, resumed = run(resume_at + 1, 30, state)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed_model.state_dict().values()))
-    assert all(torch.equal(sparsifier.masks[n], resumed.masks[n]) for n in sparsifier.masks)
-    assert all(torch.equal(sparsifier.counters[n], resumed.counters[n]) for n in sparsifier.counters)
-    assert resumed.engine.num_updates == sparsifier.engine.num_updates
-    assert resumed.engine.layer_active_steps == sparsifier.engine.layer_active_steps
+    assert_resume_bitwise(acdc_recipe(selection), 30, resume_at)
 
 
 @pytest.mark.parametrize("args,key", [({"compressed_epochs": 0}, "method_args.compressed_epochs"),

@@ -9,7 +9,6 @@ import gsparse
 import gsparse.methods.autosparse  # registers the method
 from gsparse.methods.autosparse import AutoSparse, RunawaySparsity, alpha_decay
 from gsparse.methods.base import LayerInfo
-from gsparse.methods.registry import register_method
 from gsparse.selection import reference_top_k
 from tests.conftest import batch_for_step, small_mlp
 
@@ -96,7 +95,6 @@ def test_alpha_follows_the_schedule_at_epoch_boundaries_in_the_backward():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sparsifier = gsparse.Sparsifier(model, optimizer, recipe(alpha_zero_epoch=4))
     method = sparsifier.engine.method
-    thresholds = thresholds_of(model)
     linears = [model[0], model[2], model[4]]
     seen = []
 

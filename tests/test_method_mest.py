@@ -9,7 +9,7 @@ import gsparse.methods.mest  # registers the method
 from gsparse.distributions import round_half_up
 from gsparse.methods.base import LayerView
 from gsparse.selection import reference_top_k
-from tests.conftest import batch_for_step, small_mlp
+from tests.conftest import assert_resume_bitwise, batch_for_step, small_mlp
 
 
 def mest_recipe(**method_args) -> dict:
@@ -173,26 +173,7 @@ def test_active_counts_are_exact_every_step(mode):
 def test_resume_is_bitwise(mode):
     recipe = mest_recipe(mode=mode, update_interval=6, mutation_fraction=0.1, grad_coefficient=1.0,
                          decay_milestones=[20], stop_step=40)
-
-    def run(first, last, state=None):
-        model, optimizer, sparsifier = build(recipe, seed=7 if state else 0)
-        if state:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            sparsifier.load_state_dict(state["sparsifier"])
-        train(model, optimizer, first, last)
-        return model, optimizer, sparsifier
-
-    model, _, sparsifier = run(1, 45)
-    first_model, first_optimizer, first_sparsifier = run(1, 15)  # ems: inside a grown (s - p) phase
-    state = {"model": first_model.state_dict(), "optimizer": first_optimizer.state_dict(),
-             "sparsifier": first_sparsifier.state_dict()}
-    resumed_model, _, resumed = run(16, 45, state)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed_model.state_dict().values()))
-    assert all(torch.equal(sparsifier.masks[n], resumed.masks[n]) for n in sparsifier.masks)
-    assert all(torch.equal(sparsifier.counters[n], resumed.counters[n]) for n in sparsifier.counters)
-    assert sparsifier.engine.num_updates == resumed.engine.num_updates
-    assert sparsifier.engine.layer_active_steps == resumed.engine.layer_active_steps
+    assert_resume_bitwise(recipe, 45, 15)  # ems: inside a grown (s - p) phase
 
 
 @pytest.mark.parametrize("key, value", [("mode", "emss"), ("mutation_fraction", 1.5), ("decay_factor", -0.1),

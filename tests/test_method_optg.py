@@ -8,7 +8,7 @@ import torch
 import gsparse
 import gsparse.methods.optg  # noqa: F401  (registers the method)
 from gsparse.selection import reference_top_k
-from tests.conftest import batch_for_step, small_mlp
+from tests.conftest import assert_resume_bitwise, batch_for_step, small_mlp
 
 SPE, EPOCHS = 5, 6
 
@@ -89,27 +89,7 @@ def test_scores_accumulate_the_mask_gradient_and_pruned_weights_come_back_with_t
 
 
 def test_resume_is_bitwise():
-    def run(first, last, state=None):
-        model = small_mlp(seed=5 if state else 0)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        sparsifier = gsparse.Sparsifier(model, optimizer, recipe())
-        if state:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            sparsifier.load_state_dict(state["sparsifier"])
-        for index in range(first, last + 1):
-            step(model, optimizer, index)
-        return model, optimizer, sparsifier
-
-    model, _, sparsifier = run(1, 24)
-    first = run(1, 13)
-    state = {"model": first[0].state_dict(), "optimizer": first[1].state_dict(), "sparsifier": first[2].state_dict()}
-    resumed_model, _, resumed = run(14, 24, state)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed_model.state_dict().values()))
-    for layer, other in zip(sparsifier.engine.layers, resumed.engine.layers):
-        assert torch.equal(layer.mask, other.mask) and torch.equal(layer.counter, other.counter)
-        assert torch.equal(layer.extra["score"], other.extra["score"])
-        assert torch.equal(layer.extra["dormant"], other.extra["dormant"])
+    assert_resume_bitwise(recipe(), 24, 13)  # mid-epoch: the score and the dormant values are restored
 
 
 def test_bad_options_name_the_key():

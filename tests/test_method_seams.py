@@ -17,7 +17,7 @@ import gsparse
 from gsparse.methods import DropGrowMethod, MaskChange, SparseMethod, register_method
 from gsparse.options import Option, integer
 from gsparse.selection import reference_top_k
-from tests.conftest import batch_for_step, small_mlp
+from tests.conftest import assert_resume_bitwise, batch_for_step, small_mlp
 
 
 class DenseThenGlobal(SparseMethod):
@@ -246,31 +246,6 @@ def test_counts_at_fraction_spans_dense_to_target():
     assert method.counts_at_fraction(0.5) == [100 - math.floor(45 + 0.5)]
 
 
-@pytest.mark.parametrize("method", ["toy_dense_then_global", "toy_soft_threshold"])
+@pytest.mark.parametrize("method", ["toy_dense_then_global", "toy_soft_threshold", "toy_learned_threshold"])
 def test_resume_is_bitwise_with_method_state_and_layer_parameters(method):
-    def run(first, last, state=None):
-        model = small_mlp(seed=7 if state else 0)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        sparsifier = gsparse.Sparsifier(model, optimizer, toy_recipe(method))
-        if state:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            sparsifier.load_state_dict(state["sparsifier"])
-        for step in range(first, last + 1):
-            inputs, targets = batch_for_step(step)
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(inputs), targets).backward()
-            optimizer.step()
-        return model, optimizer, sparsifier
-
-    model, _, sparsifier = run(1, 70)
-    first_model, first_optimizer, first_sparsifier = run(1, 45)
-    state = {"model": first_model.state_dict(), "optimizer": first_optimizer.state_dict(),
-             "sparsifier": first_sparsifier.state_dict()}
-    resumed_model, _, resumed = run(46, 70, state)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed_model.state_dict().values()))
-    assert all(torch.equal(sparsifier.masks[n], resumed.masks[n]) for n in sparsifier.masks)
-    assert all(torch.equal(sparsifier.counters[n], resumed.counters[n]) for n in sparsifier.counters)
-    for layer, resumed_layer in zip(sparsifier.engine.layers, resumed.engine.layers):
-        assert all(torch.equal(layer.extra[key], resumed_layer.extra[key]) for key in layer.extra)
-    assert sparsifier.engine.layer_active_steps == resumed.engine.layer_active_steps
+    assert_resume_bitwise(toy_recipe(method), 70, 45)  # the layer parameters travel with the model

@@ -7,7 +7,7 @@ import torch
 import gsparse
 import gsparse.methods.snip  # registers the method
 from gsparse.selection import reference_top_k
-from tests.conftest import batch_for_step, small_mlp
+from tests.conftest import assert_resume_bitwise, batch_for_step, small_mlp
 
 
 def snip_recipe(**method_args) -> dict:
@@ -102,32 +102,8 @@ def test_adamw_weight_decay_still_shrinks_the_weights_while_scoring():
 
 @pytest.mark.parametrize("resume_at", [2, 9])  # while scoring (the score is restored) and after the prune
 def test_resume_is_bitwise(resume_at):
-    recipe = snip_recipe(score_batches=3, score_accumulation="gradient")
-
-    def run(first, last, state=None):
-        model = small_mlp(seed=7 if state else 0)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
-        sparsifier = gsparse.Sparsifier(model, optimizer, recipe)
-        if state:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            sparsifier.load_state_dict(state["sparsifier"])
-        for step in range(first, last + 1):
-            loss_backward(model, optimizer, step)
-            optimizer.step()
-        return model, optimizer, sparsifier
-
-    model, _, sparsifier = run(1, 20)
-    first_model, first_optimizer, first_sparsifier = run(1, resume_at)
-    state = {"model": first_model.state_dict(), "optimizer": first_optimizer.state_dict(),
-             "sparsifier": first_sparsifier.state_dict()}
-    resumed_model, _, resumed = run(resume_at + 1, 20, state)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed_model.state_dict().values()))
-    assert all(torch.equal(sparsifier.masks[n], resumed.masks[n]) for n in sparsifier.masks)
-    assert all(torch.equal(sparsifier.counters[n], resumed.counters[n]) for n in sparsifier.counters)
-    for layer, resumed_layer in zip(sparsifier.engine.layers, resumed.engine.layers):
-        assert torch.equal(layer.extra["score"], resumed_layer.extra["score"])
-    assert resumed.engine.num_updates == sparsifier.engine.num_updates == 1
+    sparsifier, _ = assert_resume_bitwise(snip_recipe(score_batches=3, score_accumulation="gradient"), 20, resume_at)
+    assert sparsifier.engine.num_updates == 1
 
 
 @pytest.mark.parametrize("args,key", [({"score_batches": 0}, "method_args.score_batches"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gsparse.training import (RunConfig, RunContext, TaskBase, TrainingDiverged, forward_flops, record_uses, train,
+from gsparse.training import (RunConfig, TaskBase, TrainingDiverged, forward_flops, record_uses, train,
                               training_flops)
 from gsparse.training import runner as runner_module
 

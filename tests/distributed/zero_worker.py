@@ -424,7 +424,7 @@ def scenario_seams(results: dict):
             violations = {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0, "budget": 0}
             checker = invariant_checker(engine, sparsifier, violations)
 
-            def check(step):
+            def check(step, sparsifier=sparsifier, checker=checker, violations=violations):
                 checker(step)
                 total = sum(layer.active for layer in sparsifier.engine.layers)
                 if method == "toy_dense_then_global" and total != expected_total(sparsifier, step):

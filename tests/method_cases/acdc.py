@@ -1,5 +1,5 @@
 from tests.method_cases import MethodCase
-import gsparse.methods.acdc  # registers the method
+import gsparse.methods.acdc  # noqa: F401  (registers the method)
 
 # One step per "epoch": dense 1-10, compressed 11-20, 31-40, 51-60, dense 21-30, 41-50 and 61-80
 # (the last decompressed phase), compressed fine-tune from 81. Resume inside a compressed phase

@@ -1,5 +1,5 @@
 from tests.method_cases import MethodCase
-import gsparse.methods.autosparse  # registers the method
+import gsparse.methods.autosparse  # noqa: F401  (registers the method)
 
 CASES = [
     # alpha decays by sigmoid-cosine per 10-step epoch and is 0 from epoch 7 (step 71); the save at

@@ -1,5 +1,5 @@
 from tests.method_cases import MethodCase
-import gsparse.methods.mest  # registers the method
+import gsparse.methods.mest  # noqa: F401  (registers the method)
 
 CASES = [
     MethodCase("mest-em", recipe={

@@ -1,5 +1,5 @@
 from tests.method_cases import MethodCase
-import gsparse.methods.snip  # registers the method
+import gsparse.methods.snip  # noqa: F401  (registers the method)
 
 CASES = [
     MethodCase("snip-one-batch", recipe={"method": "snip", "sparsity": 0.8, "distribution": "erk", "seed": 3},
