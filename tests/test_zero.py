@@ -213,10 +213,10 @@ def test_nonfinite_under_zero(results, stage):
 METHOD_CASES = load_cases()
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 @pytest.mark.parametrize("case", sorted(METHOD_CASES))
 def test_method_case_equals_single_process_and_resumes_bitwise(results, case, stage):
-    """Each method's cases (tests/method_cases/) at ZeRO-2/3 on 2 ranks against one process."""
+    """Each method's cases (tests/method_cases/) at ZeRO 0-3 on 2 ranks against one process."""
     entry = results[f"two:method_cases/{case}/{stage}"]
     assert entry["violations"]["active_count"] == 0  # exact global counts every step
     if entry["enforces_mask"]:

@@ -396,7 +396,7 @@ def _reference(sparse_recipe, steps, param_groups=None, poison_step=None):
 
 
 def _compare(entry, sparsifier, engine, reference_model, reference):
-    masks, counters = full_state(sparsifier, False)
+    masks, counters = full_state(sparsifier, sparsifier.backend.communicator.world_size == 1)
     weights = full_weights(engine)
     if dist.get_rank() == 0:
         ref_weights = dict(reference_model.named_parameters())
@@ -545,13 +545,13 @@ def scenario_nonfinite(results: dict):
         del engine, sparsifier
 
 def scenario_method_cases(results: dict, workdir: Path, methods: list[str] | None):
-    """Every method's equality cases (tests/method_cases/): ZeRO-2 and ZeRO-3 against one process,
+    """Every method's equality cases (tests/method_cases/): ZeRO 0-3 against one process,
     exact counts every step, and bitwise resume from a save at ``resume_at``."""
     from tests.method_cases import load_cases
 
     for key, case in load_cases(methods).items():
         reference_model, reference = _reference(case.recipe, case.steps) if dist.get_rank() == 0 else (None, None)
-        for stage in (2, 3):
+        for stage in (0, 1, 2, 3):
             def build_case(seed=0):
                 model = make_model(seed)
                 return gds.initialize(model=model, optimizer=make_optimizer("adamw", model),
@@ -563,8 +563,9 @@ def scenario_method_cases(results: dict, workdir: Path, methods: list[str] | Non
             entry = {"violations": violations, "enforces_mask": sparsifier.engine.enforces_mask,
                      "updates": sparsifier.engine.num_updates, "skipped_updates": sparsifier.engine.skipped_updates}
             _compare(entry, sparsifier, engine, reference_model, reference)
+            replicated = sparsifier.backend.communicator.world_size == 1
             if case.resume_at:
-                masks, counters = full_state(sparsifier, False)
+                masks, counters = full_state(sparsifier, replicated)
                 weights = full_weights(engine)
                 del engine, sparsifier
                 engine, _, _, _, sparsifier = build_case()
@@ -579,7 +580,7 @@ def scenario_method_cases(results: dict, workdir: Path, methods: list[str] | Non
                     inputs, targets = batch(step)
                     engine.backward(torch.nn.functional.cross_entropy(engine(inputs), targets))
                     engine.step()
-                masks_b, counters_b = full_state(sparsifier, False)
+                masks_b, counters_b = full_state(sparsifier, replicated)
                 weights_b = full_weights(engine)
                 entry["resume_equal"] = (resumed_at == case.resume_at
                                          and all(torch.equal(masks[n], masks_b[n]) for n in masks)

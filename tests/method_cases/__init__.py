@@ -2,7 +2,7 @@
 
 Each module here defines ``CASES``, a list of :class:`MethodCase`; tests/distributed/zero_worker.py
 (scenario ``method_cases``) trains each case's recipe on its 3-layer MLP in one process and at
-ZeRO-2 and ZeRO-3 on 2 ranks, and tests/test_zero.py asserts: exact active counts every step,
+ZeRO stages 0-3 on 2 ranks, and tests/test_zero.py asserts: exact active counts every step,
 inactive weights zero (for methods that enforce the mask), masks and counters equal to the single
 process, weights within fp tolerance, and a save at ``resume_at`` resuming bitwise.
 """
