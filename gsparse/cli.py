@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("linkpred", add_help=False,
                         help="train a link predictor (same options as scripts/train_linkpred.py; see --help)")
+    commands.add_parser("cnn", add_help=False,
+                        help="train an image classifier (same options as scripts/train_cnn.py; see --help)")
     commands.add_parser("compare", add_help=False,
                         help="methods x sparsities x seeds grid with table and plots (as scripts/compare.py)")
 
@@ -25,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         from gsparse.tasks.linkpred.cli import main as linkpred_main
 
         return linkpred_main(rest)
+    if args.command == "cnn":
+        from gsparse.tasks.vision.cli import main as cnn_main
+
+        return cnn_main(rest)
     if args.command == "compare":
         from gsparse.tasks.linkpred.compare import main as compare_main
 

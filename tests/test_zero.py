@@ -53,7 +53,7 @@ def results(tmp_path_factory) -> dict:
     workdir = tmp_path_factory.mktemp("zero")
     # 1. Two ranks: training equality at every stage, selection on real partitions, resume,
     #    and the checkpoint the resharding launches read.
-    _run([_torchrun(2, "train,select,resume,reshard_save,seams,admm_groups,gather,nonfinite,method_cases", workdir, "two",
+    _run([_torchrun(2, "train,select,resume,reshard_save,seams,admm_groups,gather,nonfinite,method_cases,cnn", workdir, "two",
                     ("--train-configs", ",".join(TRAIN_CONFIGS)))], workdir / "two.log")
     # 2. One rank: resume the two-rank checkpoint, then save one of its own.
     _run([_torchrun(1, "reshard_load_from_2,reshard_save,refusals,fp16_overflow", workdir, "one")],
@@ -225,3 +225,13 @@ def test_method_case_equals_single_process_and_resumes_bitwise(results, case, st
     assert entry["max_weight_diff"] <= 1e-6
     if METHOD_CASES[case].resume_at:
         assert entry["resume_equal"]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_small_resnet_with_batchnorm_equals_single_process(results, stage):
+    """Digits on the small ResNet (BatchNorm, per-rank statistics; every rank sees the batch the
+    single process sees, so the statistics match): exact sparsity every step, same masks."""
+    entry = results[f"two:cnn/{stage}"]
+    assert entry["violations"] == {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
+    assert entry["sparse_layers"] == 10 and entry["updates"] == 8
+    assert entry["masks_equal"] and entry["counters_equal"] and entry["max_weight_diff"] <= 1e-6

@@ -591,6 +591,59 @@ def scenario_method_cases(results: dict, workdir: Path, methods: list[str] | Non
             del engine, sparsifier
 
 
+def scenario_cnn(results: dict):
+    """The small ResNet (BatchNorm) on real digits images at ZeRO-2/3 against one process. Every rank
+    sees the same batch, so each rank's BatchNorm statistics are those of the single process and the
+    averaged gradient equals its gradient: masks must be equal and sparsity exact every step."""
+    from gsparse.tasks.vision.data import load_digits_dataset
+    from gsparse.tasks.vision.models import small_resnet
+
+    images, labels = load_digits_dataset(split="train", seed=0)
+    sparse_recipe = {"method": "dst_ee", "sparsity": 0.9, "distribution": "erk", "seed": 4,
+                     "schedule": {"update_interval": 5, "drop_fraction": 0.4, "drop_fraction_decay": "cosine",
+                                  "last_update_step": 40}, "method_args": {"c": 0.05}}
+    steps = 50
+
+    def cnn_batch(step):
+        rows = torch.randperm(len(labels), generator=torch.Generator().manual_seed(step))[:32]
+        return images[rows], labels[rows]
+
+    def make():
+        torch.manual_seed(0)
+        return small_resnet(num_classes=10, in_channels=1, width=8)
+
+    reference = None
+    if dist.get_rank() == 0:
+        model = make()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        reference = gsparse.Sparsifier(model, optimizer, sparse_recipe)
+        for step in range(1, steps + 1):
+            optimizer.zero_grad()
+            inputs, targets = cnn_batch(step)
+            torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+            optimizer.step()
+        reference_model = model
+    for stage in (2, 3):
+        model = make()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        config = ds_config(stage, sparse_recipe=sparse_recipe)
+        config["train_micro_batch_size_per_gpu"] = 32
+        engine, _, _, _, sparsifier = gds.initialize(model=model, optimizer=optimizer, config=config)
+        violations = {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
+        checker = invariant_checker(engine, sparsifier, violations)
+        for step in range(1, steps + 1):
+            inputs, targets = cnn_batch(step)
+            engine.backward(torch.nn.functional.cross_entropy(engine(inputs), targets))
+            engine.step()
+            checker(step)
+        entry = {"violations": violations, "updates": sparsifier.engine.num_updates,
+                 "sparse_layers": len(sparsifier.specs)}
+        _compare(entry, sparsifier, engine, reference_model if reference is not None else None, reference)
+        results[f"cnn/{stage}"] = entry
+        log("cnn", stage, entry)
+        del engine, sparsifier
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--scenarios", required=True)
@@ -613,6 +666,8 @@ def main():
             scenario_resume(results, workdir)
         elif scenario == "fp16_overflow":
             scenario_fp16_overflow(results)
+        elif scenario == "cnn":
+            scenario_cnn(results)
         elif scenario == "method_cases":
             scenario_method_cases(results, workdir, args.cases.split(",") if args.cases else None)
         elif scenario == "seams":

@@ -1,0 +1,59 @@
+"""Command-line front end of :func:`gsparse.tasks.vision.train_image_classifier`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from gsparse.tasks.vision.train import VisionConfig, train_image_classifier
+
+_HELP = {
+    "dataset": "digits (bundled), cifar10, cifar100 or imagenet",
+    "data_dir": "CIFAR: the folder with cifar-10-batches-py / cifar-100-python; ImageNet: train/ and val/",
+    "recipe": "gsparse recipe YAML; omit for dense training (or put it under 'gsparse' in the DeepSpeed config)",
+    "deepspeed_config": "DeepSpeed JSON config: run under `deepspeed` or `torchrun`",
+    "batch_size": "global batch size (split over ranks and micro-batches)",
+    "accumulation_steps": "micro-batches per optimizer step (default 1; under DeepSpeed the config's)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train_cnn", description=__doc__)
+    for field in dataclasses.fields(VisionConfig):
+        flag, default = f"--{field.name}", field.default
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            kind = next((k for k in (int, float) if str(field.type).startswith(k.__name__)), str)
+            parser.add_argument(flag, type=kind, default=default, help=_HELP.get(field.name))
+    parser.add_argument("--sparsity", type=float, help="override the recipe's sparsity")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gsparse.options import RecipeError
+    from gsparse.training import TrainingDiverged, shutdown_distributed
+
+    args = build_parser().parse_args(argv)
+    try:
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(VisionConfig)}
+        if args.sparsity is not None:
+            if values["recipe"] is None:
+                raise ValueError("--sparsity needs --recipe")
+            from gsparse.recipe import load_recipe
+
+            values["recipe"] = {**load_recipe(values["recipe"]).source, "sparsity": args.sparsity}
+        train_image_classifier(VisionConfig(**values))
+        shutdown_distributed()
+    except TrainingDiverged as error:
+        print(f"train_cnn: error: training diverged: {error}", file=sys.stderr)
+        return 3
+    except (RecipeError, FileNotFoundError, ValueError) as error:
+        print(f"train_cnn: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

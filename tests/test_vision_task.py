@@ -1,0 +1,60 @@
+"""Image classification on the generic runner: the bundled digits smoke run, resume, bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gsparse.tasks.vision import VisionConfig, train_image_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(tmp_path, **overrides) -> VisionConfig:
+    values = {"dataset": "digits", "model": "small_resnet", "epochs": 6, "recipe": str(ROOT / "recipes/cnn_dst_ee.yaml"),
+              "run_dir": str(tmp_path / "run"), "progress": False}
+    return VisionConfig(**{**values, **overrides})
+
+
+def test_digits_at_90_percent_learns_and_stays_exactly_sparse(tmp_path):
+    metrics = train_image_classifier(config(tmp_path))
+    assert metrics["test_accuracy"] >= 0.9  # 10 classes: chance is 0.1
+    assert metrics["density"] == pytest.approx(0.1, abs=0.002) and metrics["num_updates"] >= 5
+    assert metrics["training_flops"] < metrics["flops"]["dense_training"]  # conv FLOPs follow the masks
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"density/conv1.weight", "density/fc.weight"} <= set(rows[-1])  # per-layer density every epoch
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    from gsparse.training import runner
+
+    whole = train_image_classifier(config(tmp_path, epochs=3, run_dir=str(tmp_path / "whole")))
+    original_save = runner._Trainer.save
+
+    def save_then_die_after_epoch_2(self, run_dir, epoch, history):
+        original_save(self, run_dir, epoch, history)
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(runner._Trainer, "save", save_then_die_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_image_classifier(config(tmp_path, epochs=3, run_dir=str(tmp_path / "part")))
+    monkeypatch.setattr(runner._Trainer, "save", original_save)
+    resumed = train_image_classifier(config(tmp_path, epochs=3, run_dir=str(tmp_path / "part"), resume=True))
+    for key in ("test_accuracy", "final_loss", "density", "exploration_degree", "training_flops"):
+        assert resumed[key] == whole[key], key
+    logs = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
+             for line in (tmp_path / name / "log.jsonl").read_text().splitlines()] for name in ("whole", "part")]
+    assert logs[0] == logs[1]
+
+
+@pytest.mark.parametrize("arguments, words", [
+    (["--dataset", "cifar10"], "needs --data_dir"),
+    (["--dataset", "cifar10", "--data_dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["--model", "resnet18"], "model: 'resnet18' is not one of"),
+])
+def test_bad_input_is_one_clear_error(arguments, words, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/train_cnn.py"), "--run_dir", str(tmp_path),
+                             "--no-progress", *arguments], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
