@@ -58,3 +58,15 @@ def test_bad_input_is_one_clear_error(arguments, words, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts/train_cnn.py"), "--run_dir", str(tmp_path),
                              "--no-progress", *arguments], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_comparison_harness_runs_the_vision_task(tmp_path):
+    from gsparse.tasks.vision.compare import main
+
+    main(["--out", str(tmp_path), "--methods", "dense", "rigl", "--sparsities", "0.9", "--seeds", "0",
+          "--epochs", "3"])
+    results = json.loads((tmp_path / "digits" / "results.json").read_text())
+    records = {record["method"]: record for record in results["records"]}
+    assert set(records) == {"dense", "rigl"} and not results["missing"]
+    assert records["dense"]["flops_relative"] == 1.0 and records["rigl"]["flops_relative"] < 0.2
+    assert (tmp_path / "digits" / "results.md").read_text().count("| rigl |") == 2
