@@ -182,6 +182,11 @@ def test_flops_of_a_conv2d_and_linear_model_with_masks():
     moved = training_flops(uses, steps=10, layer_active_steps={"0.weight": 5 * 216 + 5 * 72, "3.weight": 10 * 100},
                            sparse_steps=10)
     assert moved["training"] == 6 * (5 * 16 * (5 * 216 + 5 * 72) + 5 * 1000)
+    # the weight gradient dense at every step (forward-only masks, e.g. AutoSparse): 4 per active use + 2 per weight
+    annealed = training_flops(uses, steps=2, layer_active_steps={"0.weight": 2 * 72}, sparse_steps=2,
+                              dense_weight_gradient=True)
+    conv_uses, linear_uses = 5 * 16, 5
+    assert annealed["training"] == (4 * conv_uses * 72 + 2 * conv_uses * 216 + 6 * linear_uses * 1280) * 2
     # a dense model: 6 FLOPs per weight use and step
     assert training_flops(uses, steps=3)["training"] == 3 * 3 * forward_flops(uses)
 

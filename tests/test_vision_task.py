@@ -22,6 +22,12 @@ def test_digits_at_90_percent_learns_and_stays_exactly_sparse(tmp_path):
     assert metrics["test_accuracy"] >= 0.9  # 10 classes: chance is 0.1
     assert metrics["density"] == pytest.approx(0.1, abs=0.002) and metrics["num_updates"] >= 5
     assert metrics["training_flops"] < metrics["flops"]["dense_training"]  # conv FLOPs follow the masks
+    # inference FLOPs of the final masks (Table 2 of the DST-EE paper): the layers' uses weighted by density
+    layers, density = metrics["flops"]["layers"], metrics["layer_density"]
+    expected = sum(layer["uses"] * layer["numel"] * density.get(name, 1.0) for name, layer in layers.items())
+    assert metrics["inference_flops"] == pytest.approx(2 * expected, rel=1e-3)
+    assert 0 < metrics["inference_flops_relative"] < 0.3
+    assert metrics["training_flops_relative"] == pytest.approx(metrics["training_flops"] / metrics["flops"]["dense_training"])
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert {"density/conv1.weight", "density/fc.weight"} <= set(rows[-1])  # per-layer density every epoch
 

@@ -107,13 +107,15 @@ def forward_flops(uses: Mapping[str, WeightUse], masks: Mapping[str, torch.Tenso
 
 def training_flops(uses: Mapping[str, WeightUse], steps: int, calls_per_step: int = 1,
                    layer_active_steps: Mapping[str, int] | None = None, sparse_steps: int = 0,
-                   dense_gradient_updates: int = 0) -> dict[str, Any]:
+                   dense_gradient_updates: int = 0, dense_weight_gradient: bool = False) -> dict[str, Any]:
     """Training FLOPs of a run (see the module docstring).
 
     ``uses`` was recorded on one forward call; ``calls_per_step`` such calls make one optimizer
     step (ranks x micro-batches). ``layer_active_steps`` maps each sparse weight to the sum of its
     active weights over the ``sparse_steps`` steps the sparsifier counted (any other step of the
-    ``steps`` counts the layer in full)."""
+    ``steps`` counts the layer in full). ``dense_weight_gradient``: the sparse layers' weight
+    gradient is dense at every step (methods that keep the mask in forward only, e.g. AutoSparse's
+    gradient annealing): 4 FLOPs per active weight use (forward, input gradient) + 2 per weight."""
     sparse = dict(layer_active_steps or {})
     weight_uses = 0
     dense_step = 0
@@ -125,6 +127,10 @@ def training_flops(uses: Mapping[str, WeightUse], steps: int, calls_per_step: in
             weight_uses += use.uses * use.numel * steps
     dense_gradient = sum(2 * uses[n].uses * uses[n].numel for n in sparse if n in uses)
     total = 6 * weight_uses * calls_per_step + dense_gradient * calls_per_step * dense_gradient_updates
+    if dense_weight_gradient:  # the weight-gradient third is dense at every step, not only the active part
+        active_part = sum(uses[n].uses * (sparse[n] + uses[n].numel * (steps - sparse_steps)) for n in sparse if n in uses)
+        total += 2 * calls_per_step * (sum(uses[n].uses * uses[n].numel for n in sparse if n in uses) * steps
+                                       - active_part)
     return {"training": float(total), "dense_step": float(dense_step),
             "dense_training": float(dense_step * steps), "calls_per_step": calls_per_step,
             "layers": {name: asdict(use) for name, use in uses.items()}}

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from gsparse.training.flops import UseRecorder, training_flops
+from gsparse.training.flops import UseRecorder, forward_flops, training_flops
 from gsparse.training.task import RunContext, check_task
 
 
@@ -408,7 +408,9 @@ def _train_epoch(task, trainer: _Trainer, context: RunContext, distributed: _Dis
         except ImportError:  # an optional dependency (the graphs extra): no bar then
             tqdm = None
     if config.progress and distributed.rank == 0 and tqdm is not None:
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", leave=False, dynamic_ncols=True)
+        # counted in examples (the task's global batch per step): the bar shows examples (images) per second
+        bar = tqdm(total=steps_per_epoch * (task.batch_size or 1), desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                   dynamic_ncols=True, unit="ex", unit_scale=True)
     micro, step_finite, steps_done = 0, True, 0
     for batch in task.train_batches(epoch, context):
         if config.count_flops and "uses" not in state:
@@ -432,7 +434,7 @@ def _train_epoch(task, trainer: _Trainer, context: RunContext, distributed: _Dis
         steps_done += 1
         state["optimizer_steps"] += 1
         if bar is not None:
-            bar.update(1)
+            bar.update(task.batch_size or 1)
         if step_finite:
             state["nonfinite_in_a_row"] = 0
         else:
@@ -498,7 +500,15 @@ def _counts(trainer: _Trainer, task, state: dict, total_steps: int, context: Run
             spec.name: steps for spec, steps in zip(sparse.specs, engine.layer_active_steps)}
         flops = training_flops(uses, steps=state["optimizer_steps"], calls_per_step=context.micro_batches,
                                layer_active_steps=layer_steps, sparse_steps=0 if sparse is None else sparse.step,
-                               dense_gradient_updates=counts["dense_gradient_updates"])
+                               dense_gradient_updates=counts["dense_gradient_updates"],
+                               dense_weight_gradient=engine is not None and not engine.enforces_mask)
         counts["training_flops"] = flops.pop("training")
         counts["flops"] = flops
+        # inference: one forward call of the final model with the final masks (the DST-EE paper's Table 2)
+        masks = {} if sparse is None else sparse.gather_masks()  # a collective under DeepSpeed
+        counts["inference_flops"] = float(forward_flops(uses, masks))
+        counts["inference_flops_relative"] = counts["inference_flops"] / max(float(forward_flops(uses)), 1.0)
+        counts["training_flops_relative"] = counts["training_flops"] / max(flops["dense_training"], 1.0)
+    if sparse is not None:
+        counts["layer_density"] = {name: layer["density"] for name, layer in sparse.metrics()["layers"].items()}
     return counts
