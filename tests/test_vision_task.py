@@ -76,3 +76,52 @@ def test_the_comparison_harness_runs_the_vision_task(tmp_path):
     assert set(records) == {"dense", "rigl"} and not results["missing"]
     assert records["dense"]["flops_relative"] == 1.0 and records["rigl"]["flops_relative"] < 0.2
     assert (tmp_path / "digits" / "results.md").read_text().count("| rigl |") == 2
+
+
+def test_batchnorm_keeps_float32_statistics_in_low_precision():
+    import torch
+
+    from gsparse.tasks.vision.models import BatchNorm2d
+
+    torch.manual_seed(0)
+    reference, low = BatchNorm2d(4), BatchNorm2d(4)
+    low.load_state_dict(reference.state_dict())
+    low = low.to(torch.bfloat16)
+    assert low.weight.dtype == torch.bfloat16 and low.running_mean.dtype == torch.float32
+    inputs = torch.randn(8, 4, 5, 5)
+    expected, output = reference(inputs), low(inputs.to(torch.bfloat16))
+    assert output.dtype == torch.bfloat16 and torch.allclose(output.float(), expected, atol=0.05)
+    assert torch.allclose(low.running_mean, reference.running_mean, atol=1e-3)  # the bf16 input, float32 statistics
+
+
+def test_deepspeed_launcher_bf16_zero2_run(tmp_path):
+    """The `deepspeed` launcher, 2 ranks, ZeRO-2 in bf16: trains, stays exactly sparse, and the BN
+    running statistics stay float32."""
+    import torch
+
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"train_micro_batch_size_per_gpu": 64, "steps_per_print": 10**6,
+                                  "zero_allow_untested_optimizer": True, "zero_optimization": {"stage": 2},
+                                  "bf16": {"enabled": True}}))
+    run_dir = tmp_path / "run"
+    command = ["deepspeed", "--num_accelerators", "2", "--master_port", str(_free_port()),
+               str(ROOT / "scripts/train_cnn.py"), "--deepspeed_config", str(config), "--recipe",
+               str(ROOT / "recipes/cnn_dst_ee.yaml"), "--epochs", "4", "--run_dir", str(run_dir), "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["density"] == pytest.approx(0.1, abs=0.002)
+    assert metrics["test_accuracy"] > 0.8
+    state = torch.load(next((run_dir / "checkpoints" / "epoch4").glob("*model_states.pt")), weights_only=False)
+    module = state["module"]
+    assert module["layer1.0.bn1.weight"].dtype == torch.bfloat16
+    assert module["layer1.0.bn1.running_var"].dtype == torch.float32
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -24,6 +24,37 @@ MODEL_NAMES = ("resnet50", "cifar_resnet50", "cifar_vgg19", "small_resnet")
 VGG19_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that keeps its running statistics in float32 and normalises in float32
+    when the model runs in bf16/fp16 (DeepSpeed casts the whole module): the statistics stay
+    consistent with an fp32 run, and CPU kernels get matching dtypes. Identical in fp32."""
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name in ("running_mean", "running_var"):
+            buffer = self._buffers.get(name)
+            if buffer is not None and buffer.dtype in (torch.bfloat16, torch.float16):
+                self._buffers[name] = buffer.float()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and (self.weight is None or self.weight.dtype == torch.float32):
+            return super().forward(x)
+        self._check_input_dim(x)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_batch_statistics = self.training or self.running_mean is None
+        tracked = not self.training or self.track_running_stats
+        output = nn.functional.batch_norm(
+            x.float(), self.running_mean if tracked else None, self.running_var if tracked else None,
+            None if self.weight is None else self.weight.float(), None if self.bias is None else self.bias.float(),
+            use_batch_statistics, momentum, self.eps)
+        return output.to(x.dtype)
+
+
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
 
@@ -36,7 +67,7 @@ def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module | N
     """torchvision's ``downsample``: 1x1 conv + BN where the shape changes, else identity (None)."""
     if stride == 1 and in_channels == out_channels:
         return None
-    return nn.Sequential(_conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+    return nn.Sequential(_conv1x1(in_channels, out_channels, stride), BatchNorm2d(out_channels))
 
 
 class BasicBlock(nn.Module):
@@ -47,9 +78,9 @@ class BasicBlock(nn.Module):
     def __init__(self, in_channels: int, width: int, stride: int = 1):
         super().__init__()
         self.conv1 = _conv3x3(in_channels, width, stride)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = BatchNorm2d(width)
         self.conv2 = _conv3x3(width, width)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.bn2 = BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _shortcut(in_channels, width, stride)
 
@@ -72,11 +103,11 @@ class Bottleneck(nn.Module):
         super().__init__()
         out_channels = width * self.expansion
         self.conv1 = _conv1x1(in_channels, width)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = BatchNorm2d(width)
         self.conv2 = _conv3x3(width, width, stride)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.bn2 = BatchNorm2d(width)
         self.conv3 = _conv1x1(width, out_channels)
-        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.bn3 = BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _shortcut(in_channels, out_channels, stride)
 
@@ -114,7 +145,7 @@ class ResNet(nn.Module):
         else:
             self.conv1 = _conv3x3(in_channels, stem_width)
             self.maxpool = nn.Identity()
-        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.bn1 = BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
         channels = stem_width
         for index, (count, width) in enumerate(zip(blocks, widths)):
@@ -160,7 +191,7 @@ class CifarVGG(nn.Module):
             if entry == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
-                layers += [_conv3x3(channels, entry), nn.BatchNorm2d(entry), nn.ReLU(inplace=True)]
+                layers += [_conv3x3(channels, entry), BatchNorm2d(entry), nn.ReLU(inplace=True)]
                 channels = entry
         self.feature = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
