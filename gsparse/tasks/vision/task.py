@@ -66,8 +66,9 @@ class VisionTask(TaskBase):
                 images, labels = data.load_cifar(config.data_dir, config.dataset, split)
                 self.splits[split] = Split(images, labels)
         else:
-            self.folders = {"train": data.ImageFolderDataset(config.data_dir, "train", train=True),
+            self.folders = {"train": data.ImageFolderDataset(config.data_dir, "train", train=True, seed=config.seed),
                             "test": data.ImageFolderDataset(config.data_dir, "val", train=False)}
+            self.num_classes = len(self.folders["train"].classes)  # 1000 for ImageNet-1k
 
     def steps_per_epoch(self) -> int:
         size = len(self.folders["train"]) if self.folders else len(self.splits["train"].labels)
