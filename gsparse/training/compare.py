@@ -504,7 +504,8 @@ def cell_values(plan: Plan, dataset_dir: Path, settings: GridSettings, study: St
             value[study.secondary_metric] = metrics.get(study.secondary_metric)
         value.update({"best_epoch": metrics["best_epoch"], "density": metrics["density"],
                       "exploration_degree": metrics["exploration_degree"], "flops": flops,
-                      "flops_relative": flops / reference, "seconds": metrics.get("seconds")})
+                      "flops_relative": flops / reference, "seconds": metrics.get("seconds"),
+                      "inference_flops_relative": metrics.get("inference_flops_relative")})
         values.append(value)
     return values, missing, diverged
 
@@ -525,9 +526,11 @@ def summarise(values: list[dict], metric: str = "test_accuracy", secondary_metri
         if secondary_metric:
             found = [v[secondary_metric] for v in group if v.get(secondary_metric) is not None]
             record[f"{_short(secondary_metric)}_mean"] = statistics.fmean(found) if found else None
+        inference = [v["inference_flops_relative"] for v in group if v.get("inference_flops_relative") is not None]
         record.update({"epochs": group[0]["epochs"],
-                       "flops_relative": statistics.fmean(v["flops_relative"] for v in group), "n": len(group),
-                       "phases": group[0]["phases"]})
+                       "flops_relative": statistics.fmean(v["flops_relative"] for v in group),
+                       "inference_flops_relative": statistics.fmean(inference) if inference else None,
+                       "n": len(group), "phases": group[0]["phases"]})
         records.append(record)
     return records
 
@@ -535,7 +538,8 @@ def summarise(values: list[dict], metric: str = "test_accuracy", secondary_metri
 def csv_columns(study: Study) -> tuple[str, ...]:
     short = _short(study.metric)
     secondary = (f"{_short(study.secondary_metric)}_mean",) if study.secondary_metric else ()
-    return ("method", "sparsity", "seeds", f"{short}_mean", f"{short}_std", *secondary, "epochs", "flops_relative", "n")
+    return ("method", "sparsity", "seeds", f"{short}_mean", f"{short}_std", *secondary, "epochs", "flops_relative",
+            "inference_flops_relative", "n")
 
 
 def write_csv(records: list[dict], path: Path, study: Study) -> None:
@@ -593,6 +597,16 @@ def markdown_table(records: list[dict], settings: GridSettings, study: Study, di
         "(`dense_gradient_updates` of them). Relative to the dense cell of the same seed. Biases, "
         "normalisation, activations, embeddings and the optimizer update are left out.",
         "",
+        *([] if not any(r.get("inference_flops_relative") is not None for r in records) else [
+            "## Inference FLOPs relative to dense",
+            "",
+            header, rule,
+            *rows(lambda r: "-" if r.get("inference_flops_relative") is None else f"{r['inference_flops_relative']:.3f}x"),
+            "",
+            "One forward call of the final model with its final masks (2 FLOPs per active weight use), "
+            "relative to the dense model (the DST-EE paper's Table 2).",
+            "",
+        ]),
     ])
 
 
