@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from zero_overhead import _time_hooks  # the same timing of gsparse's step hooks
+
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "12"))
 BATCH = {"small_resnet": 64, "cifar_resnet50": 16}  # per rank
 MODES = ("plain", "plain_again", "gsparse")
@@ -41,22 +43,6 @@ def _build(mode: str, model_name: str, stage: int):
               "schedule": {"update_interval": 10**9, "drop_fraction": 0.3}}
     engine, *_, sparsifier = gds.initialize(model=model, optimizer=optimizer, config=config, recipe=recipe)
     return engine, sparsifier
-
-
-def _time_hooks(engine) -> list[float]:
-    spent: list[float] = []
-    for name in ("start_step", "before_layers_step", "after_layers_step", "finish_step"):
-        original = getattr(engine, name)
-
-        def timed(*args, _original=original, **kwargs):
-            start = time.perf_counter()
-            try:
-                return _original(*args, **kwargs)
-            finally:
-                spent.append(time.perf_counter() - start)
-
-        setattr(engine, name, timed)
-    return spent
 
 
 def measure(model_name: str, stage: int) -> dict:

@@ -137,14 +137,8 @@ def select_top_k_global(
     pooled_scores = torch.cat([s.reshape(-1).to(torch.float32) for s in scores])
     pooled_eligible = torch.cat([torch.ones(s.numel(), dtype=torch.bool, device=s.device) if e is None
                                  else e.reshape(-1) for s, e in zip(scores, eligible)])
-    available = int(pooled_eligible.count_nonzero())
-    totals = torch.tensor([available], dtype=torch.int64, device=pooled_scores.device)
-    communicator.all_reduce_sum(totals)
-    if int(totals[0]) < k:
-        raise ValueError(f"global selection over {len(scores)} layers: asked to select {k} positions but only "
-                         f"{int(totals[0])} are eligible")
-    (selected,), (ties,), still_needed = _select_above_threshold([pooled_scores], [pooled_eligible], [k],
-                                                                 communicator)
+    (selected,), (ties,), still_needed = _select_above_threshold(
+        [pooled_scores], [pooled_eligible], [k], communicator, names=[f"global selection over {len(scores)} layers"])
     # Ties in global order: all of layer 0 (rank by rank), then layer 1, ...
     offsets = torch.tensor([0] + lengths, device=ties.device).cumsum(0)
     layer_of_tie = torch.bucketize(ties, offsets[1:], right=True)
@@ -174,6 +168,7 @@ def _select_above_threshold(
     eligible: Sequence[torch.Tensor | None],
     k: Sequence[int],
     communicator: Communicator,
+    names: Sequence[str] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """The radix passes: per layer, the positions strictly above the k-th largest key, the
     positions (sorted) whose key equals it, and how many of those are still needed globally."""
@@ -232,7 +227,8 @@ def _select_above_threshold(
             short = torch.nonzero(available < still_needed, as_tuple=True)[0]
             if short.numel():
                 layer = int(short[0])
-                raise ValueError(f"layer {layer}: asked to select {int(still_needed[layer])} positions "
+                where = names[layer] if names is not None else f"layer {layer}"
+                raise ValueError(f"{where}: asked to select {int(still_needed[layer])} positions "
                                  f"but only {int(available[layer])} are eligible")
         # Per layer, the digit d at which the running count (from the top bucket down) reaches
         # the number still needed: buckets above d are taken whole, bucket d is refined next pass.

@@ -1,3 +1,5 @@
+import contextlib
+
 import torch
 
 
@@ -68,3 +70,26 @@ def assert_resume_bitwise(recipe, steps: int, resume_at: int):
         (resumed_engine.num_updates, resumed_engine.skipped_updates, resumed_engine.layer_active_steps)
     assert engine.method.state_dict() == resumed_engine.method.state_dict()
     return sparsifier, resumed
+
+
+@contextlib.contextmanager
+def killed_after_epoch(epoch: int):
+    """Inside, the training runner dies (KeyboardInterrupt) right after writing the checkpoint of
+    ``epoch``, as a killed job would; a run started afterwards can resume from it."""
+    import pytest
+
+    from gsparse.training import runner
+
+    original = runner._Trainer.save
+
+    def save_then_die(self, run_dir, finished_epoch, history):
+        original(self, run_dir, finished_epoch, history)
+        if finished_epoch == epoch:
+            raise KeyboardInterrupt("killed")
+
+    runner._Trainer.save = save_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        runner._Trainer.save = original

@@ -9,6 +9,7 @@ import pytest
 
 from gsparse.tasks.linkpred import LinkPredConfig, train_link_prediction
 from gsparse.tasks.linkpred.cli import main as cli_main
+from tests.conftest import killed_after_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = str(ROOT / "recipes" / "linkpred_dst_ee.yaml")
@@ -44,23 +45,12 @@ def test_walk_feature_pipeline_learns(tmp_path):
     assert metrics["test_accuracy"] > 0.6
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
-    from gsparse.training import runner as train_module
-
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     args = ["--epochs", "3", "--recipe", RECIPE, "--no-progress"]
     cli_main(args + ["--run_dir", str(tmp_path / "straight")])
 
-    original_save = train_module._Trainer.save
-
-    def save_then_die_after_epoch_2(self, run_dir, epoch, history):
-        original_save(self, run_dir, epoch, history)
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(train_module._Trainer, "save", save_then_die_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(2):
         cli_main(args + ["--run_dir", str(tmp_path / "resumed")])
-    monkeypatch.setattr(train_module._Trainer, "save", original_save)
     cli_main(args + ["--run_dir", str(tmp_path / "resumed"), "--resume"])
     straight = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     resumed = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]

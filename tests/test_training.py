@@ -11,7 +11,7 @@ import torch
 
 from gsparse.training import (RunConfig, TaskBase, TrainingDiverged, forward_flops, record_uses, train,
                               training_flops)
-from gsparse.training import runner as runner_module
+from tests.conftest import killed_after_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,21 +101,12 @@ def test_two_micro_batches_equal_one_batch_of_twice_the_size(tmp_path):
                                                                          rel=1e-5)
 
 
-def test_resume_after_an_interruption_is_bitwise_equal(tmp_path, monkeypatch):
+def test_resume_after_an_interruption_is_bitwise_equal(tmp_path):
     """Sparse (RigL), with dropout: the global RNG state travels with the checkpoint."""
     config = dict(epochs=4, recipe=RIGL, progress=False, log=lambda line: None)
     train(ToyTask(dropout=0.2), RunConfig(run_dir=str(tmp_path / "straight"), **config))
-    original = runner_module._Trainer.save
-
-    def save_then_die(self, run_dir, epoch, history):
-        original(self, run_dir, epoch, history)
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(runner_module._Trainer, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(2):
         train(ToyTask(dropout=0.2), RunConfig(run_dir=str(tmp_path / "resumed"), **config))
-    monkeypatch.setattr(runner_module._Trainer, "save", original)
     torch.manual_seed(12345)  # whatever the global RNG holds now must not matter
     resumed = train(ToyTask(dropout=0.2), RunConfig(run_dir=str(tmp_path / "resumed"), resume=True, **config))
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from gsparse.tasks.vision import VisionConfig, train_image_classifier
+from tests.conftest import killed_after_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,21 +33,10 @@ def test_digits_at_90_percent_learns_and_stays_exactly_sparse(tmp_path):
     assert {"density/conv1.weight", "density/fc.weight"} <= set(rows[-1])  # per-layer density every epoch
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
-    from gsparse.training import runner
-
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     whole = train_image_classifier(config(tmp_path, epochs=3, run_dir=str(tmp_path / "whole")))
-    original_save = runner._Trainer.save
-
-    def save_then_die_after_epoch_2(self, run_dir, epoch, history):
-        original_save(self, run_dir, epoch, history)
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(runner._Trainer, "save", save_then_die_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(2):
         train_image_classifier(config(tmp_path, epochs=3, run_dir=str(tmp_path / "part")))
-    monkeypatch.setattr(runner._Trainer, "save", original_save)
     resumed = train_image_classifier(config(tmp_path, epochs=3, run_dir=str(tmp_path / "part"), resume=True))
     for key in ("test_accuracy", "final_loss", "density", "exploration_degree", "training_flops"):
         assert resumed[key] == whole[key], key

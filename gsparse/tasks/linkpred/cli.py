@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from gsparse.tasks.linkpred.train import LinkPredConfig, train_link_prediction
+from gsparse.training.cli import add_config_arguments, config_values
 
 _HELP = {
     "dataset": "dataset card name (collegemsg, ia-email, wiki-talk) or an edge-list file",
@@ -20,33 +20,12 @@ _HELP = {
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="train_linkpred", description=__doc__)
-    for field in dataclasses.fields(LinkPredConfig):
-        if field.name == "extra":
-            continue
-        flag = f"--{field.name}"
-        default = field.default
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            kind = next((k for k in (int, float) if str(field.type).startswith(k.__name__)), str)
-            parser.add_argument(flag, type=kind, default=default, help=_HELP.get(field.name))
-    parser.add_argument("--sparsity", type=float, help="override the recipe's sparsity")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
+    add_config_arguments(parser, LinkPredConfig, _HELP, skip=("extra",))
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> LinkPredConfig:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(LinkPredConfig) if f.name != "extra"}
-    if args.sparsity is not None:
-        if values["recipe"] is None:
-            raise ValueError("--sparsity needs --recipe")
-
-        from gsparse.recipe import load_recipe
-
-        recipe = dict(load_recipe(values["recipe"]).source)
-        recipe["sparsity"] = args.sparsity
-        values["recipe"] = recipe
-    return LinkPredConfig(**values)
+    return LinkPredConfig(**config_values(args, LinkPredConfig, skip=("extra",)))
 
 
 def main(argv: list[str] | None = None) -> int:

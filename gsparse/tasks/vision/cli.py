@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from gsparse.tasks.vision.train import VisionConfig, train_image_classifier
+from gsparse.training.cli import add_config_arguments, config_values
 
 _HELP = {
     "dataset": "digits (bundled), cifar10, cifar100 or imagenet",
@@ -19,15 +19,7 @@ _HELP = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train_cnn", description=__doc__)
-    for field in dataclasses.fields(VisionConfig):
-        flag, default = f"--{field.name}", field.default
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            kind = next((k for k in (int, float) if str(field.type).startswith(k.__name__)), str)
-            parser.add_argument(flag, type=kind, default=default, help=_HELP.get(field.name))
-    parser.add_argument("--sparsity", type=float, help="override the recipe's sparsity")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
+    add_config_arguments(parser, VisionConfig, _HELP)
     return parser
 
 
@@ -37,14 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(VisionConfig)}
-        if args.sparsity is not None:
-            if values["recipe"] is None:
-                raise ValueError("--sparsity needs --recipe")
-            from gsparse.recipe import load_recipe
-
-            values["recipe"] = {**load_recipe(values["recipe"]).source, "sparsity": args.sparsity}
-        train_image_classifier(VisionConfig(**values))
+        train_image_classifier(VisionConfig(**config_values(args, VisionConfig)))
         shutdown_distributed()
     except TrainingDiverged as error:
         print(f"train_cnn: error: training diverged: {error}", file=sys.stderr)
