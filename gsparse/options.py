@@ -2,11 +2,16 @@
 
 An option spec is ``{key: Option(default, check)}``; :func:`resolve_options` fills defaults and
 raises one :class:`RecipeError` naming the key and what is allowed for the first bad value.
+
+Step counts may also be given relative to the run: ``"N%"`` of its optimizer steps
+(:class:`RunFraction`, from :func:`steps`) or ``auto`` for the run's steps per epoch or epochs
+(:class:`FromRun`); :meth:`gsparse.recipe.Recipe.fit_to_run` turns them into integers.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Callable, Mapping
 
 _REQUIRED = object()
@@ -19,6 +24,53 @@ class RecipeError(ValueError):
         self.key = key
         super().__init__(f"recipe key '{key}': {problem}")
 
+
+class RecipeWarning(UserWarning):
+    """A recipe that runs but probably not as meant for this run (e.g. very few mask updates)."""
+
+
+@dataclass(frozen=True)
+class RunProblem:
+    """What a method's run check found: an ``error`` (the run is refused with a
+    :class:`RecipeError`) or a warning (a :class:`RecipeWarning`), about recipe key ``key``."""
+
+    key: str
+    message: str
+    error: bool = True
+
+
+@dataclass(frozen=True, slots=True)  # slots: no __dict__, so JSON dumps fall back to str(): "2%"
+class RunFraction:
+    """``"N%"`` in a recipe: N percent of the run's optimizer steps (``unit="steps"``) or of its
+    epochs (``unit="epochs"``), at least ``minimum``; resolved by :meth:`of`."""
+
+    percent: str  # the number as written, e.g. "2.5"
+    unit: str = "steps"
+    minimum: int = 0
+
+    @property
+    def fraction(self) -> Fraction:
+        return Fraction(self.percent) / 100
+
+    def of(self, total: int) -> int:
+        """``round_half_up(N/100 * total)``, exactly (no float error), and at least ``minimum``."""
+        return max(self.minimum, math.floor(self.fraction * total + Fraction(1, 2)))
+
+    def __str__(self) -> str:
+        return f"{self.percent}%"
+
+
+@dataclass(frozen=True, slots=True)
+class FromRun:
+    """``auto`` in a recipe: the run's ``steps_per_epoch`` or ``epochs`` (``what``)."""
+
+    what: str
+
+    def __str__(self) -> str:
+        return "auto"
+
+
+RUN_RELATIVE = (RunFraction, FromRun)
 
 Check = Callable[[str, Any], Any]
 
@@ -81,6 +133,36 @@ def integer(minimum: int | None = None) -> Check:
         if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
             raise RecipeError(key, f"expected {allowed}, got {value!r}")
         return value
+
+    return check
+
+
+def steps(minimum: int = 0, unit: str = "steps") -> Check:
+    """An integer >= ``minimum``, or ``"N%"`` (0 <= N <= 100) of the run's optimizer steps (or
+    epochs, ``unit="epochs"``): a :class:`RunFraction`, at least ``minimum`` once resolved."""
+    as_int = integer(minimum)
+
+    def check(key: str, value: Any) -> int | RunFraction:
+        if not isinstance(value, str):
+            return as_int(key, value)
+        text = value.strip()
+        allowed = f"an integer >= {minimum} or \"N%\" of the run's {unit} with 0 <= N <= 100"
+        try:
+            percent = Fraction(text[:-1].strip()) if text.endswith("%") else None
+        except (ValueError, ZeroDivisionError):
+            percent = None
+        if percent is None or not 0 <= percent <= 100:
+            raise RecipeError(key, f"expected {allowed}, got {value!r}")
+        return RunFraction(text[:-1].strip(), unit, minimum)
+
+    return check
+
+
+def or_from_run(inner: Check, what: str) -> Check:
+    """``auto`` (the run's ``what``: steps_per_epoch or epochs, a :class:`FromRun`) or what ``inner`` accepts."""
+
+    def check(key: str, value: Any) -> Any:
+        return FromRun(what) if value == "auto" else inner(key, value)
 
     return check
 

@@ -17,9 +17,9 @@ Every key is checked before training starts; a bad key or value raises one
       dense_first_layer: false
       dense_last_layer: false
     schedule:
-      update_interval: 100        # ΔT, in optimizer steps
+      update_interval: 100        # ΔT, in optimizer steps (or "2%": of the run's steps)
       first_update_step: null     # default: update_interval
-      last_update_step: null      # default: update until training ends
+      last_update_step: null      # default: update until training ends; e.g. "75%"
       drop_fraction: 0.3
       drop_fraction_decay: constant # constant | cosine | linear (needs last_update_step)
       final_drop_fraction: 0.0
@@ -27,10 +27,19 @@ Every key is checked before training starts; a bad key or value raises one
     seed: 0
     mask_weights_after_step: auto # auto | always: auto skips it for optimizers that provably
                                   # keep inactive weights zero (torch SGD, Adam, AdamW, ...)
+
+Run-relative values: every step count (the schedule's, and a method's such as ADMM's phases or
+MEST's milestones) may be ``"N%"`` of the run's optimizer steps, and the epoch-keyed methods'
+``steps_per_epoch`` / ``epochs`` / ``total_epochs`` may be ``auto``. :func:`load_recipe` keeps them;
+:meth:`Recipe.fit_to_run` (called by the training runner, or by ``Sparsifier(..., total_steps=)``)
+makes them integers and checks that the recipe fits the run.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,8 +48,8 @@ import yaml
 
 from gsparse.distributions import DISTRIBUTIONS
 from gsparse.methods import available_methods, get_method
-from gsparse.options import (Option, RecipeError, boolean, choice, integer, mapping_of, number,
-                             optional, resolve_options, string_list)
+from gsparse.options import (RUN_RELATIVE, FromRun, Option, RecipeError, RecipeWarning, boolean, choice,
+                             integer, mapping_of, number, optional, resolve_options, steps, string_list)
 from gsparse.schedules import DROP_FRACTION_DECAYS, UpdateSchedule
 
 DEFAULT_MODULE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
@@ -53,9 +62,9 @@ _PARAMS_OPTIONS = {
     "dense_last_layer": Option(False, boolean),
 }
 _SCHEDULE_OPTIONS = {
-    "update_interval": Option(100, integer(1)),
-    "first_update_step": Option(None, optional(integer(1))),
-    "last_update_step": Option(None, optional(integer(1))),
+    "update_interval": Option(100, steps(1)),
+    "first_update_step": Option(None, optional(steps(1))),
+    "last_update_step": Option(None, optional(steps(1))),
     "drop_fraction": Option(0.3, number(0.0, 1.0)),
     "drop_fraction_decay": Option("constant", choice(*DROP_FRACTION_DECAYS)),
     "final_drop_fraction": Option(0.0, number(0.0, 1.0)),
@@ -99,14 +108,67 @@ class Recipe:
     method_args: Mapping[str, Any]
     seed: int
     mask_weights_after_step: str
-    source: dict  # the recipe as given, for checkpoints and logs
+    source: dict  # the recipe as given (fitted: with the run's integers), for checkpoints and logs
+    # set by fit_to_run: {"total_steps", "steps_per_epoch", "resolved": {key: {"given", "value"}}}
+    fitted_to: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)
 
     @property
     def method_class(self):
         return get_method(self.method)
 
     def build_method(self):
+        self.require_fitted()
         return self.method_class(**self.method_args)
+
+    def run_relative_keys(self) -> list[str]:
+        """The keys still given relative to the run (``"N%"``, ``auto``); :meth:`fit_to_run` resolves them."""
+        return _unique([key for key, *_ in _run_relative_values(self)])
+
+    def require_fitted(self) -> None:
+        """Raise :class:`RecipeError` naming the first key still relative to the run."""
+        for key, _, _, _, value in _run_relative_values(self):
+            needs = "total_steps= and steps_per_epoch=" if isinstance(value, FromRun) or value.unit == "epochs" \
+                else "total_steps="
+            raise RecipeError(key, f"is '{value}', relative to the run: pass {needs} (the run's optimizer "
+                                   "steps) to gsparse.Sparsifier / gsparse.deepspeed.attach or initialize, or "
+                                   "use recipe.fit_to_run(total_steps, steps_per_epoch)")
+
+    def fit_to_run(self, total_steps: int, steps_per_epoch: int | None = None) -> "Recipe":
+        """This recipe for a run of ``total_steps`` optimizer steps (``steps_per_epoch`` per epoch).
+
+        Every ``"N%"`` becomes ``round_half_up(N/100 * total_steps)`` (of the run's epochs for
+        epoch-valued keys), at least 1 where the key needs it; ``auto`` becomes the run's
+        ``steps_per_epoch`` or its epochs (``ceil(total_steps / steps_per_epoch)``). The result is
+        validated like any recipe, then the method checks that it fits the run
+        (:meth:`gsparse.methods.SparseMethod.check_run`): an error raises :class:`RecipeError`,
+        a warning is issued as a :class:`~gsparse.options.RecipeWarning`.
+        """
+        for name, value in (("total_steps", total_steps), ("steps_per_epoch", steps_per_epoch)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"fit_to_run: {name} must be a positive integer, got {value!r}")
+        run_epochs = None if steps_per_epoch is None else math.ceil(total_steps / steps_per_epoch)
+        source = copy.deepcopy(self.source)
+        resolved = {}
+        for key, section, name, index, value in _run_relative_values(self):
+            number = _resolve(key, value, total_steps, steps_per_epoch, run_epochs)
+            given = source[section][name]
+            if index is not None and isinstance(given, (list, tuple)):
+                given = list(given)
+                given[index] = number
+                source[section][name] = given
+                resolved[f"{key}[{index}]"] = {"given": str(value), "value": number}
+            else:
+                source[section][name] = number
+                resolved[key] = {"given": str(value), "value": number}
+        fitted = dataclasses.replace(load_recipe(source), fitted_to={
+            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "resolved": resolved})
+        problems = fitted.build_method().check_run(fitted, total_steps)
+        for problem in problems:
+            if problem.error:
+                raise RecipeError(problem.key, problem.message)
+        for problem in problems:
+            warnings.warn(f"recipe key '{problem.key}': {problem.message}", RecipeWarning, stacklevel=2)
+        return fitted
 
 
 def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
@@ -154,10 +216,41 @@ def _is_file(candidate: str | Path) -> bool:
         return False
 
 
+def _run_relative_values(recipe: Recipe):
+    """``(key, section, name, list index or None, value)`` for every run-relative value."""
+    schedule = resolve_options(recipe.source.get("schedule"), _SCHEDULE_OPTIONS, "schedule.")
+    for section, values in (("schedule", schedule), ("method_args", recipe.method_args)):
+        for name, value in values.items():
+            items = enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]
+            for index, item in items:
+                if isinstance(item, RUN_RELATIVE):
+                    yield f"{section}.{name}", section, name, index, item
+
+
+def _resolve(key: str, value, total_steps: int, steps_per_epoch: int | None, run_epochs: int | None) -> int:
+    if isinstance(value, FromRun) or value.unit == "epochs":
+        if steps_per_epoch is None:
+            raise RecipeError(key, f"is '{value}', relative to the run's epochs: fitting it needs the run's "
+                                   "steps_per_epoch= too")
+        if isinstance(value, FromRun):
+            return steps_per_epoch if value.what == "steps_per_epoch" else run_epochs
+        return value.of(run_epochs)
+    return value.of(total_steps)
+
+
+def _unique(items: list) -> list:
+    return list(dict.fromkeys(items))
+
+
+def _comparable(first, last) -> bool:
+    """Both integers, or both fractions of the run (an integer and a fraction wait for fit_to_run)."""
+    return type(first) is type(last)
+
+
 def _build_schedule(args: dict[str, Any]) -> UpdateSchedule:
     first = args["first_update_step"] or args["update_interval"]
     last = args["last_update_step"]
-    if last is not None and last < first:
+    if last is not None and _comparable(first, last) and _value(last) < _value(first):
         raise RecipeError("schedule.last_update_step", f"must be >= first_update_step ({first}), got {last}")
     if args["drop_fraction_decay"] != "constant" and last is None:
         raise RecipeError(
@@ -169,3 +262,7 @@ def _build_schedule(args: dict[str, Any]) -> UpdateSchedule:
         drop_fraction=args["drop_fraction"], drop_fraction_decay=args["drop_fraction_decay"],
         final_drop_fraction=args["final_drop_fraction"],
     )
+
+
+def _value(step):
+    return step if isinstance(step, int) else step.fraction

@@ -11,7 +11,10 @@ DROP_FRACTION_DECAYS = ("constant", "cosine", "linear")
 class UpdateSchedule:
     """Mask updates at steps ``t`` (1-based optimizer steps) with ``t % update_interval == 0``
     and ``first_update_step <= t <= last_update_step``; the drop fraction decays from
-    ``drop_fraction`` to ``final_drop_fraction`` between the first and the last update step."""
+    ``drop_fraction`` to ``final_drop_fraction`` between the first and the last update step.
+
+    A recipe may give the steps as :class:`~gsparse.options.RunFraction` s (``"2%"``); the schedule
+    is usable once :meth:`gsparse.recipe.Recipe.fit_to_run` made them integers."""
 
     update_interval: int
     first_update_step: int
@@ -24,6 +27,13 @@ class UpdateSchedule:
         if step < self.first_update_step or step % self.update_interval:
             return False
         return self.last_update_step is None or step <= self.last_update_step
+
+    def updates_in_run(self, total_steps: int) -> int:
+        """How many update steps a run of ``total_steps`` optimizer steps has."""
+        end = total_steps if self.last_update_step is None else min(self.last_update_step, total_steps)
+        if end < self.first_update_step:
+            return 0
+        return end // self.update_interval - (self.first_update_step - 1) // self.update_interval
 
     def drop_fraction_at(self, step: int) -> float:
         if self.drop_fraction_decay == "constant" or self.last_update_step is None:

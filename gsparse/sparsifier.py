@@ -12,6 +12,17 @@ from gsparse.params import sparse_param_specs
 from gsparse.recipe import Recipe, load_recipe
 
 
+def fitted_recipe(recipe: str | Mapping[str, Any] | Recipe, total_steps: int | None,
+                  steps_per_epoch: int | None = None) -> Recipe:
+    """``recipe`` fitted to a run of ``total_steps`` if given; without it, a recipe still relative to
+    the run raises :class:`~gsparse.options.RecipeError` naming the key."""
+    recipe = load_recipe(recipe)
+    if total_steps is None:
+        recipe.require_fitted()
+        return recipe
+    return recipe.fit_to_run(total_steps, steps_per_epoch)
+
+
 class SparseState:
     """What every sparsifier (plain PyTorch or DeepSpeed) offers over its engine."""
 
@@ -74,6 +85,11 @@ class Sparsifier(SparseState):
             loss_fn(model(batch)).backward()
             optimizer.step()          # masks update here every update_interval steps
 
+    A recipe with steps relative to the run (``"30%"``, ``auto``) needs the run's length:
+    ``total_steps`` (its optimizer steps) and, for ``auto`` epochs, ``steps_per_epoch``; given
+    them, the recipe is fitted and checked against the run (:meth:`Recipe.fit_to_run`) before
+    the model is touched.
+
     Steps are counted per real ``optimizer.step()`` (a ``GradScaler`` step skipped on overflow
     does not count). Methods with per-layer trainable parameters (the forward seam) get them
     registered on the model and added to ``optimizer`` here. Checkpoint with :meth:`state_dict`
@@ -81,8 +97,9 @@ class Sparsifier(SparseState):
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 recipe: str | Mapping[str, Any] | Recipe):
-        self.recipe = load_recipe(recipe)
+                 recipe: str | Mapping[str, Any] | Recipe, *, total_steps: int | None = None,
+                 steps_per_epoch: int | None = None):
+        self.recipe = fitted_recipe(recipe, total_steps, steps_per_epoch)
         prepare_model(model, self.recipe)
         self.specs = sparse_param_specs(model, self.recipe)
         parameters = dict(model.named_parameters())

@@ -13,7 +13,8 @@ from gsparse.tasks.linkpred.compare import CompareError, CompareSettings
 
 # dense 150 x 0.02 = 3 epochs, DST-EE 50 x 0.02 = 1, ADMM 1 + 1 + 1: the sparse cells cost less than dense
 TINY = ["--methods", "dense", "dst_ee", "admm", "--sparsities", "0.9", "--seeds", "0", "--epochs-scale", "0.02",
-        "--dense-epochs", "150", "--explore-c", "0.01", "--quiet"]
+        "--dense-epochs", "150", "--explore-c", "0.01", "--quiet", "--features", "walks", "--lr", "1e-2",
+        "--options", "protocol=paper", "pair_features=false", "baselines=false"]
 SPE = {0: 70, 1: 70, 2: 70}  # CollegeMsg's steps per epoch at batch 1024, to plan without loading it
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gsparse.tasks.graphs import (DATA_DIR_ENV, DatasetError, check_dataset_counts, dataset_card, list_datasets,
-                            load_dataset, load_edges, read_card, resolve_data_dir)
+from gsparse.tasks.graphs import (DATA_DIR_ENV, DatasetError, GraphFormatError, check_dataset_counts, dataset_card,
+                            list_datasets, load_dataset, load_edges, read_card, resolve_data_dir)
 from gsparse.tasks.graphs.datasets import CARDS_DIR, DEFAULT_DATA_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,13 +24,14 @@ def test_cards_ship_in_the_package_and_data_defaults_to_the_checkouts_graphs_fol
 
 
 def test_known_datasets():
-    assert list_datasets() == ["collegemsg", "ia-email", "wiki-talk"]
+    assert list_datasets() == ["bitcoin-otc", "collegemsg", "ia-email", "wiki-talk"]
 
 
 @pytest.mark.parametrize("name, file, fmt, nodes, edges", [
     ("ia-email", "ia-enron-email-dynamic.edges", "edges", 87274, 1148072),
     ("wiki-talk", "wiki-talk-temporal.txt.gz", "snap", 1140149, 7833140),
     ("collegemsg", "CollegeMsg.txt", "snap", 1900, 59835),
+    ("bitcoin-otc", "soc-sign-bitcoinotc.txt", "konect", 5882, 21492),
 ])
 def test_card_contents(name, file, fmt, nodes, edges):
     card = dataset_card(name)
@@ -41,7 +42,7 @@ def test_card_contents(name, file, fmt, nodes, edges):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(DatasetError, match="unknown dataset 'nope'.*collegemsg, ia-email, wiki-talk"):
+    with pytest.raises(DatasetError, match="unknown dataset 'nope'.*bitcoin-otc, collegemsg, ia-email, wiki-talk"):
         dataset_card("nope")
 
 
@@ -50,6 +51,14 @@ def test_collegemsg_loads_from_the_bundled_file_and_passes_the_count_check():
     assert Path(edges.source) == BUNDLED_COLLEGEMSG
     assert len(edges) == 59835 and edges.num_nodes == 1900
     assert (edges.src[0], edges.dst[0], edges.time[0]) == (1, 2, 1082040961)
+
+
+def test_bitcoin_otc_loads_from_the_bundled_copy_with_its_ratings():
+    edges = load_dataset("bitcoin-otc")
+    assert Path(edges.source).name == "soc-sign-bitcoinotc.txt" and len(edges) == 21492 and edges.num_nodes == 5882
+    assert (edges.src[0], edges.dst[0], edges.weight[0], edges.time[0]) == (1, 2, 4, 1289241911)
+    assert edges.attributes["weight"].min() == -10 and edges.attributes["weight"].max() == 10
+    np.testing.assert_array_equal(edges.attributes["sign"], np.sign(edges.weight))
 
 
 def test_collegemsg_remapped_still_passes_the_count_check():
@@ -129,6 +138,26 @@ def test_a_path_loads_the_file_directly(tmp_path):
     assert len(load_dataset(str(path), remap=True)) == 1
 
 
+def test_a_path_takes_format_and_columns(tmp_path):
+    path = tmp_path / "ratings.txt"
+    path.write_text("who,whom,when,stars\n3,4,100,-2\n4,3,101,5\n")
+    edges = load_dataset(path, columns={"src": "who", "dst": "whom", "time": "when", "weight": "stars"})
+    assert (edges.src.tolist(), edges.dst.tolist(), edges.time.tolist()) == ([3, 4], [4, 3], [100, 101])
+    assert edges.attributes["sign"].tolist() == [-1, 1]
+    snap = tmp_path / "g.txt"
+    snap.write_text("1 2 3\n")
+    with pytest.raises(GraphFormatError, match="no timestamps"):
+        load_dataset(snap, format="konect")
+
+
+def test_a_known_dataset_is_read_in_its_cards_format():
+    assert len(load_dataset("collegemsg", format="snap")) == 59835
+    with pytest.raises(ValueError, match=r"read in its card's format \(snap\)"):
+        load_dataset("collegemsg", format="csv")
+    with pytest.raises(ValueError, match="format= and columns= apply to a file path"):
+        load_dataset("collegemsg", columns={"src": "src"})
+
+
 def test_neither_a_name_nor_a_file(tmp_path):
     with pytest.raises(DatasetError, match="neither a known dataset"):
         load_dataset(str(tmp_path / "missing.txt"))
@@ -147,9 +176,11 @@ def test_card_file_checks(tmp_path):
     card.write_text(source + "license: free\n")
     with pytest.raises(DatasetError, match="unknown keys"):
         read_card(card)
-    card.write_text(source.replace("format: snap", "format: csv"))
-    with pytest.raises(DatasetError, match="format must be one of"):
+    card.write_text(source.replace("format: snap", "format: xml"))
+    with pytest.raises(DatasetError, match="format must be one of.*'networkrepository', 'mtx', 'edges'"):
         read_card(card)
+    card.write_text(source.replace("format: snap", "format: csv"))
+    assert read_card(card).format == "csv"
 
 
 def test_bundled_card_path_is_relative_to_the_cards(tmp_path):

@@ -48,6 +48,6 @@ def test_wheel_in_a_fresh_venv_finds_cards_and_bundled_graph(tmp_path):
     assert Path(found["cards"]) == installed / "tasks" / "graphs" / "cards"
     assert Path(found["card"]).parent == installed / "tasks" / "graphs" / "cards"
     assert Path(found["source"]) == installed / "tasks" / "graphs" / "cards" / "samples" / "CollegeMsg.txt"
-    assert found["datasets"] == ["collegemsg", "ia-email", "wiki-talk"]
+    assert found["datasets"] == ["bitcoin-otc", "collegemsg", "ia-email", "wiki-talk"]
     assert found["edges"] == 59835 and found["first"] == [1, 2, 1082040961]
     assert ROOT.resolve() not in Path(found["data_dir"]).resolve().parents  # no path into the repository

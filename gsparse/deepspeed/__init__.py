@@ -31,8 +31,8 @@ from gsparse.deepspeed.compat import TESTED_TEXT, UnsupportedLayout, check_versi
 from gsparse.engine import SparseEngine
 from gsparse.forward import add_to_optimizer, install_forward_transforms, layer_parameters_of, prepare_model
 from gsparse.params import sparse_param_specs
-from gsparse.recipe import Recipe, load_recipe
-from gsparse.sparsifier import SparseState
+from gsparse.recipe import Recipe
+from gsparse.sparsifier import SparseState, fitted_recipe
 
 CONFIG_KEY = "gsparse"
 _SHARD_FOLDER = "gsparse"
@@ -61,7 +61,8 @@ def _build_backend(engine, params: list[torch.nn.Parameter]):
 class DeepSpeedSparsifier(SparseState):
     """The sparse state of one DeepSpeed engine; see :func:`attach`."""
 
-    def __init__(self, engine, recipe: str | Mapping[str, Any] | Recipe | None = None):
+    def __init__(self, engine, recipe: str | Mapping[str, Any] | Recipe | None = None, *,
+                 total_steps: int | None = None, steps_per_epoch: int | None = None):
         check_version()
         check_config(_config_dict(engine))
         if recipe is None:
@@ -69,7 +70,7 @@ class DeepSpeedSparsifier(SparseState):
             if recipe is None:
                 raise ValueError(f"no recipe: pass one, or put it under the '{CONFIG_KEY}' key of the DeepSpeed config")
         self.ds_engine = engine
-        self.recipe = load_recipe(recipe)
+        self.recipe = fitted_recipe(recipe, total_steps, steps_per_epoch)
         self.specs = sparse_param_specs(engine.module, self.recipe)
         named = dict(engine.module.named_parameters())
         self.params = [named[spec.name] for spec in self.specs]
@@ -157,18 +158,23 @@ def _config_dict(engine) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def attach(engine, recipe: str | Mapping[str, Any] | Recipe | None = None) -> DeepSpeedSparsifier:
+def attach(engine, recipe: str | Mapping[str, Any] | Recipe | None = None, *, total_steps: int | None = None,
+           steps_per_epoch: int | None = None) -> DeepSpeedSparsifier:
     """Make ``engine``'s model sparse and keep it so: masks exact every step, updated on schedule.
 
-    ``recipe`` defaults to the ``"gsparse"`` key of the engine's DeepSpeed config.
+    ``recipe`` defaults to the ``"gsparse"`` key of the engine's DeepSpeed config. A recipe with
+    steps relative to the run (``"30%"``, ``auto``) needs ``total_steps`` (the run's optimizer
+    steps) and, for ``auto`` epochs, ``steps_per_epoch`` (see ``Recipe.fit_to_run``).
     """
-    return DeepSpeedSparsifier(engine, recipe)
+    return DeepSpeedSparsifier(engine, recipe, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
 
 
-def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, **kwargs):
+def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, total_steps: int | None = None,
+               steps_per_epoch: int | None = None, **kwargs):
     """``deepspeed.initialize`` plus :func:`attach`; returns DeepSpeed's tuple and the sparsifier.
 
-    The recipe is checked before DeepSpeed builds anything, so a bad recipe fails fast. A method
+    The recipe is checked (and fitted to ``total_steps`` / ``steps_per_epoch``, as in :func:`attach`)
+    before DeepSpeed builds anything, so a bad recipe fails fast. A method
     with per-layer parameters gets them registered on the model first and added to the optimizer
     (your torch optimizer, or the ``model_parameters`` DeepSpeed builds one from).
     """
@@ -186,7 +192,7 @@ def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, **
         if recipe is None:
             recipe = config.get(CONFIG_KEY)
     if recipe is not None:
-        recipe = load_recipe(recipe)
+        recipe = fitted_recipe(recipe, total_steps, steps_per_epoch)
         model = arguments.get("model")
         created = prepare_model(model, recipe) if model is not None else []
         group = recipe.method_class.layer_parameter_group

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from gsparse.distributions import round_half_up
 from gsparse.methods.base import MaskChange, SparseMethod
 from gsparse.methods.registry import register_method
-from gsparse.options import Option, RecipeError, choice, integer, number
+from gsparse.options import Option, RecipeError, RunProblem, choice, integer, number, or_from_run
 
 WARMUP, COMPRESSED, DECOMPRESSED, FINETUNE = "warmup", "compressed", "decompressed", "finetune"
 
@@ -64,9 +64,11 @@ class PhaseSchedule:
 class ACDC(SparseMethod):
     name = "acdc"
     options = {
-        "steps_per_epoch": Option(check=integer(1), help="optimizer steps per epoch; every *_epochs length is "
-                                                         "multiplied by it (1: the lengths are in steps)"),
-        "total_epochs": Option(100, integer(1), "length of the 1x run (the fine-tune ends there)"),
+        "steps_per_epoch": Option(check=or_from_run(integer(1), "steps_per_epoch"),
+                                  help="optimizer steps per epoch; every *_epochs length is multiplied by it (1: the "
+                                       "lengths are in steps; auto: the run's)"),
+        "total_epochs": Option(100, or_from_run(integer(1), "epochs"),
+                               "length of the 1x run (the fine-tune ends there; auto: the run's epochs)"),
         "warmup_epochs": Option(10, integer(0), "dense warm-up at the start"),
         "compressed_epochs": Option(5, integer(1), "length of each alternating compressed phase (not scaled)"),
         "decompressed_epochs": Option(5, integer(1), "length of each alternating decompressed phase (not scaled)"),
@@ -102,6 +104,14 @@ class ACDC(SparseMethod):
                               f"decompressed phase ({a.last_decompressed_epochs}) and the fine-tune "
                               f"({a.finetune_epochs}); lengthen it or shorten those")
         return PhaseSchedule(warmup, compressed, decompressed, cycles, total - finetune + 1)
+
+    def check_run(self, recipe, total_steps: int) -> list[RunProblem]:
+        start = self.phases.finetune_start
+        if start <= total_steps:
+            return []
+        return [RunProblem("method_args.total_epochs", f"AC/DC's compressed fine-tune starts at step {start:,} but the "
+                           f"run has {total_steps:,} steps: it would end in a {self.phase_at(total_steps)} phase, not "
+                           f"at its target; set total_epochs x length_scale to the run's epochs (auto at length_scale 1)")]
 
     def phase_at(self, step: int) -> str:
         """``warmup``, ``compressed``, ``decompressed`` or ``finetune`` at optimizer step ``step``."""

@@ -7,12 +7,14 @@ During the ADMM phase each sparse layer's gradient gets ``rho * (W - Z + U)``, t
 ``admm_interval`` steps after that ``Z = P(W + U)`` and ``U += W - Z`` (and ``rho *= rho_growth``),
 where ``P`` keeps each layer's ``target`` largest magnitudes (the exact top-k shared with every
 other method, so Z and U are sharded like the weights). At step ``pretrain_steps + admm_steps + 1``
-each layer is pruned by magnitude to its target; the mask stays fixed afterwards.
+each layer is pruned by magnitude to its target; the mask stays fixed afterwards. The phases may
+be given as fractions of the run (``pretrain_steps: "30%"``); a prune step after the run's end is
+refused before training (the model would end dense).
 """
 import torch
 
 from gsparse.methods.base import LayerView, PruneFromDenseMethod
-from gsparse.options import Option, integer, number
+from gsparse.options import Option, RunProblem, number, steps
 
 
 class ADMM(PruneFromDenseMethod):
@@ -20,9 +22,9 @@ class ADMM(PruneFromDenseMethod):
     shapes_gradients = True
     per_weight_state = {"Z": torch.float32, "U": torch.float32}
     options = {
-        "pretrain_steps": Option(check=integer(0)),
-        "admm_steps": Option(check=integer(1)),
-        "admm_interval": Option(check=integer(1)),
+        "pretrain_steps": Option(check=steps(0)),
+        "admm_steps": Option(check=steps(1)),
+        "admm_interval": Option(check=steps(1)),
         "rho": Option(0.01, number(0.0, min_open=True)),
         "rho_growth": Option(1.0, number(1.0)),
     }
@@ -41,6 +43,14 @@ class ADMM(PruneFromDenseMethod):
 
     def pruned_fraction(self, step: int) -> float:
         return 0.0 if step < self.prune_step else 1.0
+
+    def check_run(self, recipe, total_steps: int) -> list[RunProblem]:
+        if self.prune_step <= total_steps:  # the prune step trains with the mask: >= 1 fine-tune step
+            return []
+        return [RunProblem("method_args.admm_steps", f"ADMM prunes at step {self.prune_step:,} (pretrain_steps "
+                           f"{self.args.pretrain_steps:,} + admm_steps {self.args.admm_steps:,} + 1) but the run has "
+                           f"{total_steps:,} steps: the model would end dense; give the phases as fractions of "
+                           f"the run (e.g. \"33%\")")]
 
     def is_update_step(self, step: int) -> bool:
         return step == self.prune_step

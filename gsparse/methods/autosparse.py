@@ -42,7 +42,7 @@ import torch
 
 from gsparse.methods.base import LayerInfo, MaskChange, SparseMethod
 from gsparse.methods.registry import register_method
-from gsparse.options import Option, boolean, choice, integer, number, optional
+from gsparse.options import Option, boolean, choice, integer, number, optional, or_from_run, steps
 from gsparse.selection import reference_top_k
 
 ALPHA_DECAYS = ("sigmoid_cosine", "cosine", "sigmoid", "exponential", "linear", "constant")
@@ -107,16 +107,19 @@ class AutoSparse(SparseMethod):
     name = "autosparse"
     transforms_forward = True
     enforces_mask = False
+    exact_target = False  # the sparsity reached is learned: the runner records it, no target to meet
     layer_parameters = {"s": -5.0}  # the paper's s_0 (ImageNet CNNs)
     layer_parameter_group = {}  # the optimizer's defaults: weight decay applies to s (STR / AutoSparse)
     options = {
-        "steps_per_epoch": Option(check=integer(1), help="optimizer steps per epoch: alpha changes at epoch boundaries"),
-        "epochs": Option(check=integer(1), help="T of the decay formulas: epochs alpha decays over (training epochs)"),
+        "steps_per_epoch": Option(check=or_from_run(integer(1), "steps_per_epoch"),
+                                  help="optimizer steps per epoch: alpha changes at epoch boundaries; auto: the run's"),
+        "epochs": Option(check=or_from_run(integer(1), "epochs"),
+                         help="T of the decay formulas: epochs alpha decays over (training epochs); auto: the run's"),
         "alpha0": Option(0.75, number(0.0, 1.0), help="initial alpha (the paper: 0 <= alpha <= 1)"),
         "alpha_decay": Option("sigmoid_cosine", choice(*ALPHA_DECAYS), help="how alpha decays per epoch"),
         "beta": Option(1.0, number(0.0, min_open=True), help="rate of the exponential decay exp(-beta * epoch)"),
-        "alpha_zero_epoch": Option(None, optional(integer(0)),
-                                   help="from this 0-based epoch on alpha = 0 (null: never)"),
+        "alpha_zero_epoch": Option(None, optional(steps(0, unit="epochs")),
+                                   help="from this 0-based epoch on alpha = 0 (null: never; \"90%\": of the run's epochs)"),
         "warn_fully_pruned": Option(True, boolean, help="warn when forward finds a layer fully pruned"),
         "s0": Option(-5.0, number(), help="initial s of every layer (threshold sigmoid(s0); the paper: -5 for "
                                           "CNNs, -7/-8 elsewhere)"),
@@ -212,6 +215,7 @@ class TopKASTGA(AutoSparse):
     exact distributed reselect by ``|w|``); weights stay dense (``enforces_mask = False``)."""
 
     name = "topkast_ga"
+    exact_target = True  # the recipe's budget every step
     layer_parameters = {}
     layer_parameter_group = {"weight_decay": 0.0}
     options = {key: option for key, option in AutoSparse.options.items() if key not in ("warn_fully_pruned", "s0")}

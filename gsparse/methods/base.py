@@ -36,7 +36,9 @@ import torch
 
 from gsparse import hashrng
 from gsparse.distributions import round_half_up
-from gsparse.options import Option, resolve_options
+from gsparse.options import RUN_RELATIVE, Option, RecipeError, RunProblem, resolve_options
+
+MIN_MASK_UPDATES = 5  # fewer mask updates in a run than this: a drop/grow method barely explores
 
 
 @dataclass
@@ -151,7 +153,11 @@ class SparseMethod:
     weights the forward transform keeps, e.g. AutoSparse's ``|w| > T``, for metrics and FLOPs)
     and ``dormant_weights`` (True: a pruned weight's value is kept in the per-weight state
     ``dormant`` and it comes back with that value when regrown, instead of at zero - forward still
-    sees zero, as with ``w * m``; OptG).
+    sees zero, as with ``w * m``; OptG) and ``exact_target`` (True: the run must end at the
+    recipe's active counts, checked by the training runner; False: the sparsity reached is an
+    outcome, e.g. AutoSparse's learned thresholds, and is only recorded).
+
+    :meth:`check_run` says, before training, whether a (fitted) recipe fits a run of a given length.
     """
 
     name: ClassVar[str]
@@ -168,9 +174,15 @@ class SparseMethod:
     layer_parameter_group: ClassVar[Mapping[str, Any]] = {"weight_decay": 0.0}
     enforces_mask: ClassVar[bool] = True
     dormant_weights: ClassVar[bool] = False
+    exact_target: ClassVar[bool] = True
 
     def __init__(self, **args: Any):
-        self.args = SimpleNamespace(**resolve_options(args, self.options, "method_args."))
+        resolved = resolve_options(args, self.options, "method_args.")
+        for key, value in resolved.items():
+            if any(isinstance(item, RUN_RELATIVE) for item in (value if isinstance(value, tuple) else (value,))):
+                raise RecipeError(f"method_args.{key}", "is relative to the run (\"N%\" or auto): fit the recipe to "
+                                                        "the run first (Recipe.fit_to_run or total_steps=)")
+        self.args = SimpleNamespace(**resolved)
         self.layers: list[LayerInfo] = []
         self.schedule = None
 
@@ -178,6 +190,17 @@ class SparseMethod:
         """Called once by the engine before the initial mask: the sparse layers and the schedule."""
         self.layers = list(layers)
         self.schedule = schedule
+
+    def check_run(self, recipe, total_steps: int) -> list[RunProblem]:
+        """Problems of running ``recipe`` (fitted: integer steps) for ``total_steps`` optimizer steps,
+        found before training. Default: a method whose schedule ends at ``last_update_step``
+        (``needs_last_update_step``, e.g. a sparsity ramp) must reach it within the run."""
+        last = recipe.schedule.last_update_step
+        if self.needs_last_update_step and last is not None and last > total_steps:
+            return [RunProblem("schedule.last_update_step", f"{self.name} reaches its target at step {last:,} but "
+                               f"the run has {total_steps:,} steps: the target sparsity would not be reached; "
+                               f"give it as a fraction of the run (e.g. \"75%\")")]
+        return []
 
     # ---- policy ------------------------------------------------------------------------------
 
@@ -253,6 +276,32 @@ class DropGrowMethod(SparseMethod):
 
     def forced_change(self, step: int) -> MaskChange | None:
         return MaskChange.swap(self.schedule.drop_fraction_at(step))
+
+    def check_run(self, recipe, total_steps: int) -> list[RunProblem]:
+        return drop_grow_run_problems(recipe.schedule, total_steps)
+
+
+def drop_grow_run_problems(schedule, total_steps: int) -> list[RunProblem]:
+    """A drop/grow schedule in a run of ``total_steps``: no update at all is an error; fewer than
+    :data:`MIN_MASK_UPDATES` updates, or a drop-fraction decay cut by the run's end, a warning."""
+    first, interval, last = schedule.first_update_step, schedule.update_interval, schedule.last_update_step
+    if first > total_steps:
+        return [RunProblem("schedule.first_update_step", f"the first mask update is at step {first:,} but the run "
+                           f"has {total_steps:,} steps: the mask would never change")]
+    problems = []
+    updates = schedule.updates_in_run(total_steps)
+    if updates < MIN_MASK_UPDATES:
+        until = f" until step {last:,}" if last is not None and last < total_steps else ""
+        problems.append(RunProblem("schedule.update_interval", f"{updates} mask updates in a run of {total_steps:,} "
+                                   f"steps (every {interval:,} steps from step {first:,}{until}), fewer than "
+                                   f"{MIN_MASK_UPDATES}; give the interval as a fraction of the run (e.g. \"2%\")",
+                                   error=False))
+    if schedule.drop_fraction_decay != "constant" and last is not None and last > total_steps:
+        problems.append(RunProblem("schedule.last_update_step", f"the {schedule.drop_fraction_decay} drop-fraction "
+                                   f"decay ends at step {last:,} but the run has {total_steps:,} steps: it is cut "
+                                   f"at {schedule.drop_fraction_at(total_steps):.3g} instead of reaching "
+                                   f"{schedule.final_drop_fraction:.3g}", error=False))
+    return problems
 
 
 class PruneFromDenseMethod(SparseMethod):

@@ -30,25 +30,28 @@ from typing import Any
 import torch
 
 from gsparse.distributions import round_half_up
-from gsparse.methods.base import LayerView, MaskChange, SparseMethod
+from gsparse.methods.base import MIN_MASK_UPDATES, LayerView, MaskChange, SparseMethod
 from gsparse.methods.registry import register_method
-from gsparse.options import Option, RecipeError, boolean, choice, integer, number, optional
+from gsparse.options import (Option, RecipeError, RunFraction, RunProblem, boolean, choice, number, optional,
+                             steps)
 
 # The reference scripts' mutation fraction at 90% sparsity (EM: prune to 0.92, grow to 0.90;
 # EM&S: grow to 0.85, prune to 0.90).
 DEFAULT_MUTATION_FRACTION = {"em": 0.02, "ems": 0.05}
 
 
-def increasing_steps(key: str, value: Any) -> tuple[int, ...]:
-    """A list of strictly increasing optimizer steps (integers >= 1)."""
-    if isinstance(value, int) and not isinstance(value, bool):
+def increasing_steps(key: str, value: Any) -> tuple[int | RunFraction, ...]:
+    """A list of strictly increasing optimizer steps (integers >= 1, or ``"N%"`` of the run)."""
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                                                      for v in value):
-        raise RecipeError(key, f"expected a list of optimizer steps (integers >= 1), got {value!r}")
-    if any(later <= earlier for earlier, later in zip(value, value[1:])):
-        raise RecipeError(key, f"expected strictly increasing steps, got {list(value)!r}")
-    return tuple(value)
+    if not isinstance(value, (list, tuple)):
+        raise RecipeError(key, f"expected a list of optimizer steps (integers >= 1 or \"N%\"), got {value!r}")
+    items = tuple(steps(1)(f"{key}[{index}]", item) for index, item in enumerate(value))
+    ordered = [item if isinstance(item, int) else item.fraction for item in items]
+    comparable = len({type(item) for item in items}) <= 1  # mixed: checked once fitted to the run
+    if comparable and any(later <= earlier for earlier, later in zip(ordered, ordered[1:])):
+        raise RecipeError(key, f"expected strictly increasing steps, got {[str(item) for item in items]!r}")
+    return items
 
 
 class MEST(SparseMethod):
@@ -61,7 +64,7 @@ class MEST(SparseMethod):
                                     "ems, the reference scripts' values)"),
         "decay_factor": Option(0.5, number(0.0, 1.0), "p is multiplied by this at every milestone"),
         "decay_milestones": Option((), increasing_steps, "optimizer steps at which p decays"),
-        "stop_step": Option(None, optional(integer(1)), "tau_stop: no mutation at or after this step (null: "
+        "stop_step": Option(None, optional(steps(1)), "tau_stop: no mutation at or after this step (null: "
                                                         "schedule.last_update_step; both null: never stop)"),
         "grad_coefficient": Option(0.0, number(0.0), "lambda in |w| + lambda * |sparse gradient|"),
         "regrow_dropped": Option(True, boolean, "em: may the random growth pick a weight removed in the same "
@@ -113,6 +116,44 @@ class MEST(SparseMethod):
         if not any(grow):
             return None
         return [min(layer.target_active + count, layer.numel) for layer, count in zip(self.layers, grow)]
+
+    def check_run(self, recipe, total_steps: int) -> list[RunProblem]:
+        """No mutation in the run: an error, and so is an EM&S run ending between a growth and its
+        prune-back (above the target density); fewer than MIN_MASK_UPDATES mutation steps or a
+        milestone after the run: a warning."""
+        schedule = recipe.schedule
+        interval = schedule.update_interval
+        stop = self.args.stop_step if self.args.stop_step is not None else schedule.last_update_step
+        first = -(-schedule.first_update_step // interval) * interval  # the first step on the grid
+        if self.args.mode == "em":
+            end = total_steps if stop is None else min(total_steps, stop - 1)
+            updates = 0 if end < first else (end - first) // interval + 1
+            cut_cycle = None
+        else:  # a growth at every other grid step whose prune-back falls at or before stop_step
+            last_growth = total_steps if stop is None else min(total_steps, stop - interval)
+            growths = 0 if last_growth < first else (last_growth - first) // (2 * interval) + 1
+            last_growth = first + 2 * (growths - 1) * interval
+            cut_cycle = last_growth if growths and last_growth + interval > total_steps else None
+            updates = 2 * growths  # growth and prune-back (a cut cycle is refused below)
+        if updates == 0:
+            return [RunProblem("schedule.first_update_step", f"no mutation in the run: the first is at step {first:,}, "
+                               f"the run has {total_steps:,} steps" + ("" if stop is None else
+                                                                       f" and stop_step is {stop:,}"))]
+        if cut_cycle is not None:
+            return [RunProblem("method_args.stop_step", f"the run ({total_steps:,} steps) ends between the growth at "
+                               f"step {cut_cycle:,} and its prune-back at step {cut_cycle + interval:,}: the model "
+                               f"would end above its target density; set stop_step (e.g. \"75%\")")]
+        problems = []
+        if updates < MIN_MASK_UPDATES:
+            problems.append(RunProblem("schedule.update_interval", f"{updates} mask updates in a run of "
+                                       f"{total_steps:,} steps (every {interval:,} steps from step {first:,}), "
+                                       f"fewer than {MIN_MASK_UPDATES}; give the interval as a fraction of the "
+                                       f"run (e.g. \"5%\")", error=False))
+        late = [milestone for milestone in self.args.decay_milestones if milestone > total_steps]
+        if late:
+            problems.append(RunProblem("method_args.decay_milestones", f"milestones {late} are after the run's "
+                                       f"{total_steps:,} steps: p never decays there", error=False))
+        return problems
 
     # ---- policy ------------------------------------------------------------------------------
 

@@ -30,14 +30,16 @@ import torch
 
 from gsparse.methods.base import LayerView, MaskChange, SparseMethod
 from gsparse.methods.registry import register_method
-from gsparse.options import Option, integer, number
+from gsparse.options import Option, RunProblem, integer, number, or_from_run
 
 
 class OptG(SparseMethod):
     name = "optg"
     options = {
-        "steps_per_epoch": Option(check=integer(1), help="optimizer steps per epoch (the mask changes at epoch starts)"),
-        "epochs": Option(check=integer(1), help="tau: the training epochs the sparsity schedule spans"),
+        "steps_per_epoch": Option(check=or_from_run(integer(1), "steps_per_epoch"),
+                                  help="optimizer steps per epoch (the mask changes at epoch starts); auto: the run's"),
+        "epochs": Option(check=or_from_run(integer(1), "epochs"),
+                         help="tau: the training epochs the sparsity schedule spans; auto: the run's epochs"),
         "alpha": Option(0.5, number(0.0, min_open=True), help="steepness of the sigmoid schedules (paper: 0.5)"),
         "mask_lr": Option(1.0, number(0.0, min_open=True), help="eta_w of Eq. 17 (a constant scales every score alike)"),
     }
@@ -57,6 +59,23 @@ class OptG(SparseMethod):
         numel = sum(layer.numel for layer in self.layers)
         target = sum(layer.target_active for layer in self.layers)
         return numel - round(self.sigmoid(epoch) * (numel - target))
+
+    def check_run(self, recipe, total_steps: int) -> list[RunProblem]:
+        """The run must reach epoch tau (and epoch 2, the first binarisation); a sigmoid still short of
+        the target sparsity in the run's last epoch is a warning (the paper's tau >= 100 ends within 1e-9)."""
+        last_epoch, tau = self.epoch_of(total_steps), self.args.epochs
+        reached = self.sigmoid(last_epoch)
+        if last_epoch < max(tau, 2):
+            return [RunProblem("method_args.epochs", f"OptG reaches its target sparsity in epoch tau = {tau} (the mask "
+                               f"first changes in epoch 2) but the run ({total_steps:,} steps of "
+                               f"{self.args.steps_per_epoch:,} per epoch) ends in epoch {last_epoch}: it would end "
+                               f"near sparsity {recipe.sparsity * reached if last_epoch > 1 else 0.0:.3f}, not "
+                               f"{recipe.sparsity}; use epochs: auto")]
+        if reached < 0.999:
+            return [RunProblem("method_args.alpha", f"OptG's sigmoid is at {reached:.4f} in the run's last epoch "
+                               f"({last_epoch}, alpha {self.args.alpha}): the run would end near sparsity "
+                               f"{recipe.sparsity * reached:.3f}, not {recipe.sparsity}", error=False)]
+        return []
 
     def initial_change(self) -> MaskChange:
         return MaskChange.reselect(layer_counts=[layer.numel for layer in self.layers])  # epoch 1: dense

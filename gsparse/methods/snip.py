@@ -25,7 +25,7 @@ import torch
 
 from gsparse.methods.base import LayerView, MaskChange, SparseMethod
 from gsparse.methods.registry import register_method
-from gsparse.options import Option, choice, integer
+from gsparse.options import Option, RunProblem, choice, integer
 
 
 class SNIP(SparseMethod):
@@ -45,6 +45,12 @@ class SNIP(SparseMethod):
     def prune_step(self) -> int:
         """The step at whose start the one-shot global selection happens."""
         return self.args.score_batches + 1
+
+    def check_run(self, recipe, total_steps: int) -> list[RunProblem]:
+        if self.prune_step <= total_steps:
+            return []
+        return [RunProblem("method_args.score_batches", f"SNIP prunes at step {self.prune_step:,} but the run has "
+                           f"{total_steps:,} steps: the model would end dense")]
 
     def is_scoring_step(self, step: int) -> bool:
         return step < self.prune_step

@@ -18,6 +18,13 @@ metrics of the epoch the task's ``selection_metric`` picks, plus FLOPs) and a ch
 epoch (plain: ``checkpoint.pt`` written atomically; DeepSpeed: ``checkpoints/epoch<N>`` through
 ``engine.save_checkpoint``); ``resume=True`` continues from it bitwise.
 
+The recipe is fitted to the run (``Recipe.fit_to_run``: ``"N%"`` and ``auto`` become the run's
+steps, and the method checks that the run reaches its target) before the model is made sparse;
+the fitted values are logged and kept in ``metrics.json`` (``recipe_fitted``). After the last epoch
+the sparse parameters' global density is compared with the recipe's target (one weight per layer
+of slack): ``metrics.json`` gets ``target_sparsity``, ``final_sparsity`` and
+``sparsity_target_met``, and a run that missed it is labelled so (``"admm (not at target: 0.412)"``).
+
 A step whose loss is not finite is counted (and in plain PyTorch not applied: the gradients are
 dropped). ``max_nonfinite_steps`` such steps in a row, or an epoch without a finite loss, raise
 :class:`TrainingDiverged`; ``metrics.json`` then holds ``"status": "diverged"`` and the error,
@@ -26,11 +33,13 @@ never evaluation results.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +47,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from gsparse.options import RecipeWarning
 from gsparse.training.flops import UseRecorder, forward_flops, training_flops
 from gsparse.training.task import RunContext, check_task
 
@@ -61,6 +71,9 @@ class RunConfig:
     deterministic: bool = True  # torch.use_deterministic_algorithms: bitwise-repeatable runs and resumes
     count_flops: bool = True  # record layer uses on the first micro-batch (forward hooks) and report FLOPs
     log: Callable[[str], None] | None = None  # rank 0's lines; default print(..., flush=True)
+    # torch threads per process; None: $GSPARSE_THREADS, else usable cores // local ranks, whatever
+    # OMP_NUM_THREADS says (torchrun's default 1 would idle the cores; see resolve_threads)
+    threads: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -70,6 +83,49 @@ class RunConfig:
             raise ValueError(f"accumulation_steps: expected a positive integer, got {self.accumulation_steps!r}")
         if not isinstance(self.max_nonfinite_steps, int) or self.max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps: expected a positive integer, got {self.max_nonfinite_steps!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads: expected a positive integer or None, got {self.threads!r}")
+
+
+THREADS_ENV = "GSPARSE_THREADS"
+
+
+def default_threads() -> int:
+    """Usable cores (this process's CPU affinity) shared by the ranks on this machine, at least 1.
+    The ranks per machine are ``$LOCAL_WORLD_SIZE`` (torchrun), else ``$LOCAL_SIZE`` (the deepspeed
+    launcher), else 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_ranks = 1
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE"):
+        if os.environ.get(name, "").strip():
+            try:
+                local_ranks = max(1, int(os.environ[name]))
+            except ValueError:
+                pass
+            break
+    return max(1, cores // local_ranks)
+
+
+def resolve_threads(threads: int | None = None) -> int:
+    """Torch threads for this process: ``threads`` if given, else ``$GSPARSE_THREADS``, else
+    :func:`default_threads`.
+
+    ``OMP_NUM_THREADS`` is overridden by the default: torchrun sets it to 1 for every rank unless
+    it is already set (with one easily missed launch notice), which would leave CPU runs on one
+    core per rank. Give ``GSPARSE_THREADS`` (or ``RunConfig.threads``) to choose the count."""
+    if threads is not None:
+        return threads
+    value = os.environ.get(THREADS_ENV)
+    if value is not None and value.strip():
+        try:
+            count = int(value)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ValueError(f"${THREADS_ENV}: expected a positive integer, got {value!r}")
+        return count
+    return default_threads()
 
 
 class _Distributed:
@@ -127,12 +183,9 @@ def deepspeed_config_for(ds_config: dict, batch_size: int | None, world_size: in
 class _Trainer:
     """Holds the model (plain or a DeepSpeed engine), its optimizer, scheduler and sparsifier."""
 
-    def __init__(self, config: RunConfig, task, model: torch.nn.Module, total_steps: int,
+    def __init__(self, config: RunConfig, task, model: torch.nn.Module, total_steps: int, steps_per_epoch: int,
                  distributed: _Distributed, context: RunContext):
         self.config, self.distributed, self.context = config, distributed, context
-        self.optimizer = task.build_optimizer(model)
-        # DeepSpeed steps this same torch optimizer inside ZeRO, so the schedule applies there too.
-        self.scheduler = task.build_scheduler(self.optimizer, max(total_steps, 1))
         self.sparsifier = None
         self.monitor = None
         self.runner_state: dict = {}  # saved with every checkpoint (counters the loop keeps)
@@ -144,6 +197,16 @@ class _Trainer:
             if recipe is None:
                 recipe = ds_config.get(gds.CONFIG_KEY)
             ds_config.pop(gds.CONFIG_KEY, None)
+        if recipe is not None:
+            from gsparse.recipe import load_recipe
+
+            # "N%" and auto become this run's steps; a recipe that does not fit the run fails here
+            recipe = load_recipe(recipe).fit_to_run(total_steps, steps_per_epoch)
+        self.recipe = recipe
+        self.optimizer = task.build_optimizer(model)
+        # DeepSpeed steps this same torch optimizer inside ZeRO, so the schedule applies there too.
+        self.scheduler = task.build_scheduler(self.optimizer, max(total_steps, 1))
+        if distributed.enabled:
             ds_config, context.accumulation_steps = deepspeed_config_for(
                 ds_config, task.batch_size, distributed.world_size, config.accumulation_steps)
             if recipe is None:
@@ -295,8 +358,19 @@ def train(task, config: RunConfig, extra_metrics: dict | None = None) -> dict:
     """Train ``task`` as ``config`` says; returns the metrics (also in ``run_dir/metrics.json``).
 
     Raises :class:`TrainingDiverged` when the loss stops being finite (``metrics.json`` then holds
-    ``status: diverged``). ``extra_metrics`` are merged into ``metrics.json`` as given."""
+    ``status: diverged``). ``extra_metrics`` are merged into ``metrics.json`` as given. Torch runs
+    with :func:`resolve_threads` threads meanwhile (the caller's setting is restored afterwards)."""
     check_task(task)
+    threads = resolve_threads(config.threads)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _train(task, config, extra_metrics, threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(task, config: RunConfig, extra_metrics: dict | None, threads: int) -> dict:
     started = time.time()
     log = config.log or (lambda line: print(line, flush=True))
     if config.deterministic:
@@ -317,7 +391,7 @@ def train(task, config: RunConfig, extra_metrics: dict | None = None) -> dict:
     if steps_per_epoch < 1:
         raise ValueError(f"{task.name}: no optimizer step per epoch (steps_per_epoch() = {steps_per_epoch})")
     total_steps = steps_per_epoch * config.epochs
-    trainer = _Trainer(config, task, model, total_steps, distributed, context)
+    trainer = _Trainer(config, task, model, total_steps, steps_per_epoch, distributed, context)
     task.prepare(trainer.model, context)
     run_dir = Path(config.run_dir)
     if distributed.rank == 0:
@@ -336,15 +410,21 @@ def train(task, config: RunConfig, extra_metrics: dict | None = None) -> dict:
         description = task.describe()
         log(f"{description}{'; ' if description else ''}"
             f"{'dense' if sparse is None else f'{method} at sparsity {sparsity}'}; "
-            f"{distributed.world_size} process(es)"
+            f"{distributed.world_size} process(es), {threads} thread(s) each"
             + (f", {context.accumulation_steps} micro-batches per step" if context.accumulation_steps > 1 else "")
             + (f"; resuming after epoch {first_epoch}" if first_epoch else ""))
+        resolved = {} if sparse is None else sparse.recipe.fitted_to["resolved"]
+        if resolved:
+            log(f"recipe fitted to {total_steps:,} steps ({steps_per_epoch:,} per epoch): "
+                + ", ".join(f"{key} {entry['given']} -> {entry['value']:,}" for key, entry in resolved.items()))
     state = trainer.runner_state
     state.setdefault("nonfinite_in_a_row", 0)
     state.setdefault("nonfinite_steps", 0)
     state.setdefault("optimizer_steps", 0)
     accumulation = context.accumulation_steps
-    base = {"task": task.name, **task.summary(), "method": method, "sparsity": sparsity}
+    base = {"task": task.name, **task.summary(), "method": method, "sparsity": sparsity, "threads": threads}
+    if sparse is not None:
+        base["recipe_fitted"] = _fitted_values(sparse.recipe)
     epoch = first_epoch
     try:
         for epoch in range(first_epoch + 1, config.epochs + 1):
@@ -359,6 +439,14 @@ def train(task, config: RunConfig, extra_metrics: dict | None = None) -> dict:
                 "seconds": round(time.time() - started, 1), **(extra_metrics or {})})
             log(f"training diverged: {error}; no results written (metrics.json: status 'diverged')")
         raise
+    target = {} if sparse is None else _target_check(sparse)  # a collective under DeepSpeed
+    if target and target["sparsity_target_met"] is False:
+        base["method"] = f"{method} (not at target: {target['final_sparsity']:.3f})"
+        message = (f"{method} ended at sparsity {target['final_sparsity']:.4f}, not at its target "
+                   f"{target['target_sparsity']:.4f}: metrics.json labels the run '{base['method']}'")
+        if distributed.rank == 0:
+            log(f"WARNING: {message}")
+        warnings.warn(f"gsparse: {message}", RecipeWarning, stacklevel=2)
     best = _best(history, task.selection_metric, task.selection_mode)
     last = history[-1]
     evaluated = {key: best[key] for key in best if any(key.startswith(f"{s}_") for s in task.eval_splits)}
@@ -368,12 +456,32 @@ def train(task, config: RunConfig, extra_metrics: dict | None = None) -> dict:
                **evaluated, **final, "final_loss": last["loss"], "density": last["density"],
                "exploration_degree": last["exploration_degree"], "epochs": config.epochs,
                "world_size": distributed.world_size, "accumulation_steps": accumulation,
-               "seconds": round(time.time() - started, 1), "nonfinite_steps": state["nonfinite_steps"],
+               "seconds": round(time.time() - started, 1), "nonfinite_steps": state["nonfinite_steps"], **target,
                **_counts(trainer, task, state, total_steps, context), **(extra_metrics or {})}
     if distributed.rank == 0:
         _write_json(run_dir / "metrics.json", metrics)
     distributed.barrier()  # every rank leaves once the results are written
     return metrics
+
+
+def _fitted_values(recipe) -> dict:
+    """What metrics.json records of the recipe as run: the run-relative keys it resolved and the
+    schedule and method options in optimizer steps."""
+    return {**(recipe.fitted_to or {}), "schedule": dataclasses.asdict(recipe.schedule),
+            "method_args": dict(recipe.method_args)}
+
+
+def _target_check(sparse) -> dict:
+    """The sparse parameters' global sparsity against the recipe's (its per-layer active counts),
+    with one weight per layer of slack; ``sparsity_target_met`` is None for methods without a hard
+    target (``exact_target = False``: the numbers are only recorded)."""
+    layers = sparse.metrics()["layers"]
+    numel = sum(spec.numel for spec in sparse.specs)
+    target = sum(spec.active_count for spec in sparse.specs)
+    active = sum(round(layers[spec.name]["density"] * spec.numel) for spec in sparse.specs)
+    met = abs(active - target) <= len(sparse.specs) if sparse.engine.method.exact_target else None
+    return {"target_sparsity": 1.0 - target / max(numel, 1), "final_sparsity": 1.0 - active / max(numel, 1),
+            "sparsity_target_met": met}
 
 
 def shutdown_distributed() -> None:

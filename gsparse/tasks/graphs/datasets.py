@@ -13,10 +13,11 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Mapping
 
 import yaml
 
-from gsparse.tasks.graphs.io import FORMATS, TemporalEdges, load_edges, remap_nodes
+from gsparse.tasks.graphs.io import FORMAT_ALIASES, FORMATS, TemporalEdges, load_edges, remap_nodes
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"  # package data: found wherever gsparse is installed
 
@@ -114,8 +115,9 @@ def _check_card_values(path: Path, values: dict) -> None:
         # bool is an int in Python; a count written as `true` is still a mistake.
         if key in values and (not isinstance(values[key], kind) or (kind is int and isinstance(values[key], bool))):
             raise DatasetError(f"dataset card {path}: '{key}' must be of type {kind.__name__}, got {values[key]!r}")
-    if values["format"] not in FORMATS:
-        raise DatasetError(f"dataset card {path}: format must be one of {FORMATS}, got {values['format']!r}")
+    if values["format"] not in FORMATS + tuple(FORMAT_ALIASES):
+        raise DatasetError(f"dataset card {path}: format must be one of {FORMATS + tuple(FORMAT_ALIASES)}, "
+                           f"got {values['format']!r}")
     if values["name"] != path.stem:
         raise DatasetError(f"dataset card {path}: name '{values['name']}' must match the file name '{path.stem}'")
 
@@ -151,11 +153,20 @@ def check_dataset_counts(card: DatasetCard, edges: TemporalEdges) -> None:
 
 
 def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                 remap: bool = False, check_counts: bool = True) -> TemporalEdges:
-    """Load a known dataset by name (checking its counts against the card), or any graph file by path."""
+                 remap: bool = False, check_counts: bool = True, format: str = "auto",
+                 columns: Mapping[str, str] | None = None) -> TemporalEdges:
+    """Load a known dataset by name (checking its counts against the card), or any graph file by path.
+
+    ``format`` and ``columns`` are those of :func:`load_edges` and apply to a path; a known dataset is
+    read in its card's format.
+    """
     cards = _cards()
     if isinstance(name_or_path, str) and name_or_path in cards:
         card = cards[name_or_path]
+        canonical = FORMAT_ALIASES.get(format, format)
+        if columns is not None or canonical not in ("auto", FORMAT_ALIASES.get(card.format, card.format)):
+            raise ValueError(f"dataset '{card.name}' is read in its card's format ({card.format}); "
+                             f"format= and columns= apply to a file path")
         edges = load_edges(card.locate(data_dir), format=card.format)
         if check_counts:
             check_dataset_counts(card, edges)
@@ -164,4 +175,4 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | 
     if not path.is_file():
         raise DatasetError(f"'{name_or_path}' is neither a known dataset ({', '.join(sorted(cards))}) "
                            f"nor an existing file")
-    return load_edges(path, remap=remap)
+    return load_edges(path, format=format, remap=remap, columns=columns)

@@ -148,16 +148,19 @@ def _draw_exactly(sources, keep_source, graph_keys, num_nodes, rng) -> tuple[np.
 
 
 def sample_negatives(
-    positives: np.ndarray, graph_keys: np.ndarray, num_nodes: int, rng: np.random.Generator
+    positives: np.ndarray, graph_keys: np.ndarray, num_nodes: int, rng: np.random.Generator,
+    keep_source: np.ndarray | None = None,
 ) -> np.ndarray:
     """One negative per row of ``positives`` (``[n, 2]``): the first ``n // 2`` keep the positive's
-    source and corrupt the destination, the rest corrupt both endpoints.
+    source and corrupt the destination, the rest corrupt both endpoints (or, given the boolean
+    ``keep_source`` per row, the rows it marks keep their source).
 
     ``graph_keys`` are the sorted unique pair keys of the full graph; no negative is one of them
     and none is a self loop. Raises :class:`NegativeSamplingError` where that is impossible.
     """
     count = len(positives)
-    keep_source = np.arange(count) < count // 2
+    if keep_source is None:
+        keep_source = np.arange(count) < count // 2
     src = rng.integers(0, num_nodes, size=count, dtype=np.int64)
     src[keep_source] = positives[keep_source, 0]
     dst = rng.integers(0, num_nodes, size=count, dtype=np.int64)

@@ -4,22 +4,37 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gsparse.tasks.vision.train import VisionConfig, train_image_classifier
+from gsparse.tasks.vision.train import CHOICES, VisionConfig, train_image_classifier
 from gsparse.training.cli import add_config_arguments, config_values
 
 _HELP = {
-    "dataset": "digits (bundled), cifar10, cifar100 or imagenet",
+    "dataset": "digits is bundled; CIFAR and ImageNet come from data_dir",
     "data_dir": "CIFAR: the folder with cifar-10-batches-py / cifar-100-python; ImageNet: train/ and val/",
     "recipe": "gsparse recipe YAML; omit for dense training (or put it under 'gsparse' in the DeepSpeed config)",
     "deepspeed_config": "DeepSpeed JSON config: run under `deepspeed` or `torchrun`",
     "batch_size": "global batch size (split over ranks and micro-batches)",
     "accumulation_steps": "micro-batches per optimizer step (default 1; under DeepSpeed the config's)",
+    "model": "network: small_resnet (digits), cifar_resnet50, cifar_vgg19 (32x32 inputs) or resnet50 (ImageNet)",
+    "epochs": "training epochs",
+    "lr": "peak learning rate of SGD (cosine decay to 0 over the run)",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum",
+    "weight_decay": "SGD weight decay",
+    "label_smoothing": "label smoothing of the cross-entropy loss",
+    "sync_batchnorm": "synchronise BatchNorm statistics across ranks (needs CUDA; default: per rank)",
+    "workers": "DataLoader worker processes decoding ImageNet",
+    "run_dir": "folder for log.csv, updates.jsonl, metrics.json and checkpoints",
+    "seed": "seed of the initial weights, the augmentation and the batch order",
+    "progress": "a progress bar per epoch",
+    "resume": "continue from the run folder's last checkpoint",
+    "max_nonfinite_steps": "optimizer steps in a row with a non-finite loss before the run stops as diverged",
+    "deterministic": "deterministic torch kernels: bitwise-repeatable runs and resumes",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train_cnn", description=__doc__)
-    add_config_arguments(parser, VisionConfig, _HELP)
+    add_config_arguments(parser, VisionConfig, _HELP, choices=CHOICES)
     return parser
 
 

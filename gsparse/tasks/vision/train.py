@@ -17,6 +17,7 @@ from typing import Any
 from gsparse.tasks.vision.task import DATASETS
 
 MODELS = ("small_resnet", "cifar_resnet50", "cifar_vgg19", "resnet50")
+CHOICES = {"dataset": DATASETS, "model": MODELS}
 
 
 @dataclass
