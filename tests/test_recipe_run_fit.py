@@ -252,3 +252,29 @@ def test_a_learned_sparsity_is_recorded_not_judged(tmp_path):
     assert metrics["method"] == "autosparse" and metrics["sparsity_target_met"] is None
     assert metrics["target_sparsity"] == pytest.approx(0.9, abs=1 / 512)
     assert math.isclose(metrics["final_sparsity"], 1 - metrics["density"])
+
+
+class EarlyBestTask(TinyTask):
+    """Its validation score falls every epoch, so an unrestricted selection would pick epoch 1."""
+
+    eval_splits, selection_metric, selection_mode = ("val",), "val_score", "max"
+
+    def __init__(self):
+        super().__init__()
+        self.evaluations = 0
+
+    def evaluate(self, model, split):
+        self.evaluations += 1
+        return {"score": 10.0 - self.evaluations}
+
+
+def test_the_best_epoch_is_chosen_among_the_epochs_at_the_target_sparsity(tmp_path):
+    # 16 steps: dense pretraining steps 1-4, ADMM steps 5-8, the prune at step 9 (in epoch 3).
+    recipe = admm(pretrain_steps="25%", admm_steps="25%", admm_interval="12.5%")
+    metrics = train(EarlyBestTask(), RunConfig(epochs=4, recipe=recipe, run_dir=str(tmp_path), progress=False,
+                                               threads=1, log=lambda line: None))
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [row["at_target"] for row in rows] == [False, False, True, True]
+    assert [row["density"] for row in rows][:2] == [1.0, 1.0]
+    assert metrics["best_epoch"] == 3 and metrics["best_epoch_at_target"] is True  # not the dense epoch 1
+    assert metrics["val_score"] == 7.0 and metrics["sparsity_target_met"] is True

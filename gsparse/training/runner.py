@@ -272,6 +272,7 @@ class _Trainer:
         metrics = self.sparsifier.metrics()
         # per-layer densities too: with global budgets, dense phases or learned thresholds they move
         return {"density": metrics["density"], "exploration_degree": metrics["exploration_degree"],
+                "at_target": _target_check(self.sparsifier, metrics)["sparsity_target_met"],
                 **{f"density/{name}": layer["density"] for name, layer in metrics["layers"].items()}}
 
     # ---- checkpoints (one per epoch; the run resumes from the newest) -------------------------
@@ -339,13 +340,17 @@ def _append_log(run_dir: Path, row: dict) -> None:
 
 
 def _best(history: list[dict], key: str, mode: str) -> dict:
-    """The earliest epoch with the best ``key`` (NaN counts as worst)."""
+    """The earliest epoch with the best ``key`` (NaN counts as worst) among the epochs that ended at
+    the target sparsity, where the method has one: a prune-from-dense method's dense epochs (ADMM's
+    pretraining, GMP's ramp, AC/DC's decompressed phases) are never reported as its result. When no
+    epoch reached the target, every epoch is eligible (and the run is labelled as off target)."""
     def score(row):
         value = row.get(key, float("nan"))
         value = float("-inf") if value is None or math.isnan(value) else (value if mode == "max" else -value)
         return value, -row["epoch"]
 
-    return max(history, key=score)
+    at_target = [row for row in history if row.get("at_target") is True]
+    return max(at_target or history, key=score)
 
 
 def _write_json(path: Path, values: dict) -> None:
@@ -453,6 +458,7 @@ def _train(task, config: RunConfig, extra_metrics: dict | None, threads: int) ->
     final_split = task.eval_splits[-1] if task.eval_splits else None
     final = {f"final_{key}": last[key] for key in last if final_split and key.startswith(f"{final_split}_")}
     metrics = {**base, "status": "finished", "best_epoch": best["epoch"], "selection_metric": task.selection_metric,
+               "best_epoch_at_target": best.get("at_target"),
                **evaluated, **final, "final_loss": last["loss"], "density": last["density"],
                "exploration_degree": last["exploration_degree"], "epochs": config.epochs,
                "world_size": distributed.world_size, "accumulation_steps": accumulation,
@@ -471,11 +477,12 @@ def _fitted_values(recipe) -> dict:
             "method_args": dict(recipe.method_args)}
 
 
-def _target_check(sparse) -> dict:
+def _target_check(sparse, metrics: dict | None = None) -> dict:
     """The sparse parameters' global sparsity against the recipe's (its per-layer active counts),
     with one weight per layer of slack; ``sparsity_target_met`` is None for methods without a hard
-    target (``exact_target = False``: the numbers are only recorded)."""
-    layers = sparse.metrics()["layers"]
+    target (``exact_target = False``: the numbers are only recorded). ``metrics``: the sparsifier's
+    metrics when already gathered (gathering them is a collective under DeepSpeed)."""
+    layers = (metrics or sparse.metrics())["layers"]
     numel = sum(spec.numel for spec in sparse.specs)
     target = sum(spec.active_count for spec in sparse.specs)
     active = sum(round(layers[spec.name]["density"] * spec.numel) for spec in sparse.specs)
