@@ -7,11 +7,11 @@ runner and the tasks are layers above it.
 from gsparse.distributions import active_counts, layer_densities
 from gsparse.forward import prepare_model
 from gsparse.methods import METHODS, MaskChange, SparseMethod, register_method
-from gsparse.options import RecipeError
+from gsparse.options import RecipeError, RecipeWarning
 from gsparse.recipe import Recipe, load_recipe
 from gsparse.sparsifier import Sparsifier
 
 __version__ = "0.1.0"
 
-__all__ = ["METHODS", "MaskChange", "Recipe", "RecipeError", "SparseMethod", "Sparsifier", "active_counts",
+__all__ = ["METHODS", "MaskChange", "Recipe", "RecipeError", "RecipeWarning", "SparseMethod", "Sparsifier", "active_counts",
            "layer_densities", "load_recipe", "prepare_model", "register_method", "__version__"]
