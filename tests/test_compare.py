@@ -254,3 +254,27 @@ def test_summary_over_seeds_uses_the_sample_std():
     assert record["accuracy_mean"] == pytest.approx(0.75)
     assert record["accuracy_std"] == pytest.approx(0.05)  # sample std (n - 1)
     assert record["flops_relative"] == pytest.approx(0.3)
+
+
+def test_baselines_section_puts_the_baselines_beside_every_entry_and_marks_losers(tmp_path, monkeypatch):
+    settings = CompareSettings(methods=["dense", "dst_ee"], sparsities=[0.9], seeds=[0, 1], explore_c=[])
+    plan = compare.plan_cells(settings, SPE)
+    baselines = {seed: {"edgebank": {"test_tuned_accuracy": 0.60 + seed / 100, "test_auc": 0.61, "test_mrr": 0.30},
+                        "common_neighbors": {"test_tuned_accuracy": 0.55, "test_auc": 0.70, "test_mrr": 0.20}}
+                 for seed in (0, 1)}
+    scores = {("dense", 0): (0.70, 0.75, 0.40), ("dense", 1): (0.72, 0.77, 0.42),
+              ("dst_ee", 0): (0.66, 0.69, 0.35), ("dst_ee", 1): (0.66, 0.71, 0.33)}
+
+    def finished(cell, dataset_dir):
+        accuracy, auc, mrr = scores[(cell.method, cell.seed)]
+        return {"baselines": baselines[cell.seed], "test_tuned_accuracy": accuracy, "test_auc": auc, "test_mrr": mrr}
+
+    monkeypatch.setattr(compare.harness, "finished_metrics", finished)
+    text = compare.baselines_section(plan, tmp_path, settings)
+    assert "| edgebank | 60.50 ± 0.71 | 61.00 ± 0.00 | 30.00 ± 0.00 |" in text
+    assert "| common_neighbors | 55.00 ± 0.00 | 70.00 ± 0.00 | 20.00 ± 0.00 |" in text
+    # AUC: best baseline common_neighbors 0.70; DST-EE's mean 0.70 does not beat it, dense's 0.76 does.
+    assert "not above the best baseline (common_neighbors, 70.00)" in text
+    assert "| dense | 76.00 ± 1.41 |" in text and "| dst_ee | 70.00 ± 1.41 * |" in text
+    assert "do not beat the best no-learning baseline: dst_ee 90% (AUC)" in text
+    assert "dense 90%" not in text.split("do not beat")[1]

@@ -14,8 +14,8 @@ Training windows, validation and test are then all built by one function, so val
 * ``negatives``, one per positive, by ``negatives``:
 
   - ``random``: the first half keep their positive's source and draw a destination, the rest draw both
-    endpoints uniformly (PyG's ``negative_sampling`` draws the same pairs); never a self loop, never a
-    pair of the slice or of its history;
+    endpoints uniformly, as PyG's ``negative_sampling`` does; never a self loop, never a pair of the
+    slice or of its history;
   - ``historical`` (Poursafaei et al., NeurIPS 2022; TGB): half are pairs of the history that do not
     occur in the slice (as many as exist), the rest random as above. These punish a model that only
     remembers which pairs it has seen;
