@@ -1,13 +1,19 @@
-"""Per-rank files of the sparse state, and loading them at any world size.
+"""Per-rank files of the sparse state, loading them at any world size, and verified checkpoints.
 
 Each rank writes ``rank{r}-of-{w}.pt`` holding, per layer, the parameter name, the global start
 and length of its piece, its mask and its counter. Loading at the same layout reads the rank's own
 file; at another world size (or ZeRO stage) every rank streams the old files one at a time
 (memory-mapped) and copies only the overlap with its own piece, so no rank ever holds more than
 its own state plus one memory-mapped file.
+
+The training runner's checkpoints carry manifests of sha256 checksums (:func:`save_plain`,
+:func:`find_plain`, :func:`write_folder_manifest`, :func:`folder_problems`): a truncated or
+corrupted checkpoint is never loaded, and the previous one is kept as a fallback.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -94,3 +100,187 @@ def _reshard(engine: SparseEngine, shards: list[Path]) -> dict:
     return {**header, "layers": {name: {"shape": tuple(layer.spec.shape), "start": layer.start,
                                         "active": actives[name], **restored[name]}
                                  for name, layer in pieces.items()}}
+
+
+# ---- verified checkpoints: manifests of sha256 checksums -------------------------------------------
+#
+# A checkpoint is loaded only when every file matches the checksums recorded when it was written.
+# Plain PyTorch runs keep ``checkpoint.pt`` (newest) and ``checkpoint.previous.pt`` (the fallback),
+# described by ``checkpoint.manifest.json``; DeepSpeed runs keep their two newest tag folders
+# ``checkpoints/epoch<N>/``, each with its own ``manifest.json``.
+
+MANIFEST = "manifest.json"
+PLAIN_NEWEST, PLAIN_PREVIOUS, PLAIN_MANIFEST = "checkpoint.pt", "checkpoint.previous.pt", "checkpoint.manifest.json"
+_PLAIN_TEMPORARY = "checkpoint.pt.tmp"
+_EPOCH_FOLDER = re.compile(r"epoch(\d+)$")
+_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """No intact checkpoint to resume from; the message names the run folder and what was found
+    (a ValueError: the task command lines report it as a usage error, without a traceback)."""
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        for block in iter(lambda: source.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_files(root: str | Path, names: list[str]) -> dict[str, dict]:
+    """``{name: {"sha256", "bytes"}}`` of the files ``names`` (relative to ``root``)."""
+    root = Path(root)
+    return {name: {"sha256": file_sha256(root / name), "bytes": (root / name).stat().st_size} for name in names}
+
+
+def file_problem(path: Path, expected: dict) -> str | None:
+    """Why ``path`` is not the file ``expected`` describes (missing, another size, another checksum), or None."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        return f"{size} bytes, the manifest records {expected['bytes']} (truncated or rewritten)"
+    if file_sha256(path) != expected["sha256"]:
+        return "sha256 checksum mismatch (corrupted)"
+    return None
+
+
+def write_json_atomic(path: str | Path, values: dict) -> None:
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w") as output:
+        output.write(json.dumps(values, indent=1, sort_keys=True, default=str))
+        output.flush()
+        os.fsync(output.fileno())
+    os.replace(temporary, path)
+
+
+def read_manifest(path: str | Path) -> tuple[dict | None, str | None]:
+    """(manifest, None), or (None, why it cannot be used)."""
+    path = Path(path)
+    if not path.is_file():
+        return None, f"no {path.name} (its save did not finish)"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        return None, f"{path.name} unreadable ({error})"
+    if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
+        return None, f"{path.name} is not a gsparse checkpoint manifest (format {_FORMAT})"
+    return manifest, None
+
+
+# ---- plain PyTorch: checkpoint.pt and checkpoint.previous.pt ----------------------------------------
+
+
+def save_plain(run_dir: str | Path, state: dict, record: dict, keep: dict | None) -> dict:
+    """Write ``state`` as ``run_dir/checkpoint.pt`` and return its manifest entry (``record`` plus
+    file, sha256, bytes).
+
+    ``keep``: the entry of the checkpoint to keep as the fallback (the one saved or loaded last;
+    it becomes ``checkpoint.previous.pt``), or None to keep none. The manifest lists every
+    checkpoint that may be on disk at each moment, and entries are matched by content, so a run
+    killed anywhere in between still finds an intact checkpoint."""
+    run_dir = Path(run_dir)
+    newest, previous, temporary = run_dir / PLAIN_NEWEST, run_dir / PLAIN_PREVIOUS, run_dir / _PLAIN_TEMPORARY
+    with open(temporary, "wb") as output:
+        torch.save(state, output)
+        output.flush()
+        os.fsync(output.fileno())
+    entry = {**record, "file": PLAIN_NEWEST, **describe_files(run_dir, [temporary.name])[temporary.name]}
+    manifest, _ = read_manifest(run_dir / PLAIN_MANIFEST)
+    listed = (manifest or {}).get("checkpoints", [])
+    write_json_atomic(run_dir / PLAIN_MANIFEST, {"format": _FORMAT, "checkpoints": listed + [entry]})
+    kept = None
+    if keep is not None and keep["file"] == PLAIN_NEWEST and newest.is_file():
+        os.replace(newest, previous)
+        kept = {**keep, "file": PLAIN_PREVIOUS}
+    elif keep is not None and keep["file"] == PLAIN_PREVIOUS and previous.is_file():
+        kept = keep
+    os.replace(temporary, newest)
+    write_json_atomic(run_dir / PLAIN_MANIFEST, {"format": _FORMAT, "checkpoints": [e for e in (kept, entry) if e]})
+    if kept is None and previous.exists():
+        previous.unlink()  # an earlier run's, or not intact
+    return entry
+
+
+def find_plain(run_dir: str | Path, log) -> tuple[Path, dict | None] | None:
+    """The newest intact plain checkpoint as (path, its manifest entry), None when there is none
+    at all; a file that fails its check is logged and skipped. A ``checkpoint.pt`` without a
+    manifest (an older gsparse's) is returned unverified with entry None. Raises
+    :class:`CheckpointError` when checkpoints exist but none is intact."""
+    run_dir = Path(run_dir)
+    candidates = [run_dir / name for name in (PLAIN_NEWEST, PLAIN_PREVIOUS) if (run_dir / name).is_file()]
+    if not candidates:
+        return None
+    manifest, why = read_manifest(run_dir / PLAIN_MANIFEST)
+    if manifest is None and not (run_dir / PLAIN_MANIFEST).exists():
+        log(f"{candidates[0]}: no {PLAIN_MANIFEST} (written by an older gsparse): loaded without verification")
+        return candidates[0], None
+    problems = []
+    for path in candidates:
+        if manifest is None:
+            problem = why
+        else:
+            entries = manifest.get("checkpoints", [])
+            sized = [e for e in entries if e["bytes"] == path.stat().st_size]
+            if not sized:
+                problem = (f"{path.stat().st_size} bytes, the manifest records "
+                           f"{' or '.join(str(e['bytes']) for e in entries) or 'no checkpoint'} (truncated or rewritten)")
+            else:
+                digest = file_sha256(path)
+                match = next((e for e in sized if e["sha256"] == digest), None)
+                if match is not None:
+                    return path, match
+                problem = "sha256 checksum mismatch (corrupted)"
+        problems.append(f"{path.name}: {problem}")
+        log(f"checkpoint {path} is not loaded: {problem}")
+    raise CheckpointError(f"no intact checkpoint to resume from in {run_dir}: {'; '.join(problems)}. Restore the "
+                          "files, or start over without resume")
+
+
+def clear_plain(run_dir: str | Path) -> list[str]:
+    """Remove a run folder's plain checkpoints and manifest; returns the names removed."""
+    run_dir = Path(run_dir)
+    removed = []
+    for name in (PLAIN_NEWEST, PLAIN_PREVIOUS, PLAIN_MANIFEST, _PLAIN_TEMPORARY):
+        if (run_dir / name).exists():
+            (run_dir / name).unlink()
+            removed.append(name)
+    return removed
+
+
+# ---- folders of files (DeepSpeed tags): checkpoints/epoch<N>/manifest.json --------------------------
+
+
+def epoch_folders(directory: str | Path) -> list[tuple[int, Path]]:
+    """``(epoch, folder)`` of every ``epoch<N>`` folder in ``directory``, newest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(match[1]), path) for path in directory.iterdir()
+             if path.is_dir() and (match := _EPOCH_FOLDER.match(path.name))]
+    return sorted(found, reverse=True)
+
+
+def folder_files(folder: str | Path) -> list[str]:
+    """Every file under ``folder`` (relative, sorted), its manifest excluded."""
+    folder = Path(folder)
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*")
+                  if path.is_file() and path.name != MANIFEST)
+
+
+def write_folder_manifest(folder: str | Path, record: dict, files: dict[str, dict]) -> None:
+    write_json_atomic(Path(folder) / MANIFEST, {"format": _FORMAT, **record, "files": files})
+
+
+def folder_problems(folder: str | Path, manifest: dict, names: list[str]) -> list[str]:
+    """What is wrong with the files ``names`` of the manifest (``"name: why"``); empty when intact."""
+    folder = Path(folder)
+    problems = []
+    for name in names:
+        problem = file_problem(folder / name, manifest["files"][name])
+        if problem:
+            problems.append(f"{name}: {problem}")
+    return problems

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe = load_recipe(args.recipe)
             resolved = {key: value for key, value in vars(recipe).items() if key != "source"}
             print(json.dumps(resolved, default=lambda o: getattr(o, "__dict__", str(o)), indent=2))
-    except (RecipeError, FileNotFoundError) as error:
+    except (RecipeError, FileNotFoundError, ValueError) as error:
         print(f"gsparse: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -10,7 +10,12 @@ ER/ERK follow RigL's reference ``get_sparsities_erdos_renyi``
 (google-research/rigl, ``rigl/sparse_utils.py``; Evci et al., 2020): a common scale
 ``eps`` is solved so that the total number of active weights matches the target;
 any layer whose density ``eps * raw`` would exceed 1 is made dense and ``eps`` is
-re-solved. Layers with a user-fixed (custom) sparsity are left out of that solve.
+re-solved. Layers with a user-fixed (custom) sparsity are left out of that solve. The scores are
+handled as logarithms relative to the largest, so any ``erk_power_scale`` (1e-300 or 1e300) gives
+a result: a large power sends the whole budget to the layers of the largest score.
+
+A layer left with 0 active weights draws a :class:`~gsparse.options.RecipeWarning`; a result with
+no active weight in any layer raises :class:`~gsparse.options.RecipeError`.
 
 Weight shapes use PyTorch layouts: Linear ``[out, in]``, Conv ``[out, in, kh, kw]``.
 """
@@ -18,21 +23,24 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Mapping, Sequence
+
+from gsparse.options import RecipeError, RecipeWarning
 
 logger = logging.getLogger(__name__)
 
 DISTRIBUTIONS = ("uniform", "er", "erk")
 
 
-def _raw_score(shape: Sequence[int], distribution: str, erk_power_scale: float) -> float:
-    """Un-normalised ER/ERK density of one layer (RigL's ``raw_probabilities``)."""
+def _log_score(shape: Sequence[int], distribution: str) -> float:
+    """``log`` of one layer's ER/ERK score; its un-normalised density (RigL's ``raw_probabilities``)
+    is ``score ** erk_power_scale`` for ERK, ``score`` for ER."""
     if distribution == "er" and len(shape) >= 2:
         n_out, n_in = shape[0], shape[1]
-        return (n_in + n_out) / (n_in * n_out)
+        return math.log((n_in + n_out) / (n_in * n_out))
     # ERK, and ER on 1-D shapes.
-    score = sum(shape) / math.prod(shape)
-    return score ** erk_power_scale if distribution == "erk" else score
+    return math.log(sum(shape) / math.prod(shape))
 
 
 def layer_densities(shapes: Mapping[str, Sequence[int]], sparsity: float, distribution: str = "uniform",
@@ -61,8 +69,9 @@ def layer_densities(shapes: Mapping[str, Sequence[int]], sparsity: float, distri
     if distribution == "uniform":
         eps, raw, dense = 1.0 - sparsity, {name: 1.0 for name in solved}, set()
     else:
-        raw = {name: _raw_score(shapes[name], distribution, erk_power_scale) for name in solved}
-        eps, dense = _solve_erdos_renyi(shapes, sparsity, raw)
+        power = erk_power_scale if distribution == "erk" else 1.0
+        log_scores = {name: _log_score(shapes[name], distribution) for name in solved}
+        eps, raw, dense = _solve_erdos_renyi(shapes, sparsity, log_scores, power)
     densities = {}
     for name in shapes:
         if name in custom:
@@ -71,20 +80,26 @@ def layer_densities(shapes: Mapping[str, Sequence[int]], sparsity: float, distri
             densities[name] = 1.0
         else:
             densities[name] = eps * raw[name]
+    _check_active(shapes, densities, solved, sparsity, distribution, erk_power_scale)
     return densities
 
 
-def _solve_erdos_renyi(shapes: Mapping[str, Sequence[int]], sparsity: float,
-                       raw: Mapping[str, float]) -> tuple[float, set[str]]:
-    """RigL's loop: return the scale ``eps`` and the set of layers forced dense."""
+def _solve_erdos_renyi(shapes: Mapping[str, Sequence[int]], sparsity: float, log_scores: Mapping[str, float],
+                       power: float) -> tuple[float, dict[str, float], set[str]]:
+    """RigL's loop: return the scale ``eps``, the raw densities of the layers not forced dense (the
+    largest 1: ``eps * raw`` does not depend on their common scale) and the layers forced dense."""
     dense: set[str] = set()
-    eps = 1.0
+    eps, raw = 1.0, {}
     while True:
-        remaining = [name for name in raw if name not in dense]
+        remaining = [name for name in log_scores if name not in dense]
         if not remaining:  # everything dense (only reachable at sparsity ~0 via rounding)
             break
+        top = max(log_scores[name] for name in remaining)
+        # score ** power relative to the largest, as exp of a difference of logs: never overflows,
+        # and a layer far below the largest underflows to 0 (no weights) instead of the sum doing so
+        raw = {name: math.exp(power * (log_scores[name] - top)) for name in remaining}
         rhs = divisor = 0.0
-        for name in raw:
+        for name in log_scores:
             numel = math.prod(shapes[name])
             n_zeros = math.floor(sparsity * numel)
             if name in dense:
@@ -92,14 +107,31 @@ def _solve_erdos_renyi(shapes: Mapping[str, Sequence[int]], sparsity: float,
             else:
                 rhs += numel - n_zeros
                 divisor += raw[name] * numel
-        eps = rhs / divisor
-        max_raw = max(raw[name] for name in remaining)
-        if max_raw * eps <= 1.0:
+        eps = rhs / divisor  # divisor >= the numel of a largest-score layer (raw 1)
+        if eps <= 1.0:  # eps x the largest raw density (1)
             break
-        newly_dense = [name for name in remaining if raw[name] == max_raw]
+        newly_dense = [name for name in remaining if log_scores[name] == top]
         logger.info("ER/ERK: layers forced dense: %s", ", ".join(newly_dense))
         dense.update(newly_dense)
-    return eps, dense
+    return eps, raw, dense
+
+
+def _check_active(shapes: Mapping[str, Sequence[int]], densities: Mapping[str, float], solved: list[str],
+                  sparsity: float, distribution: str, erk_power_scale: float) -> None:
+    """Warn about distributed layers left without an active weight; refuse a model left without any."""
+    counts = active_counts(shapes, densities)
+    empty = [name for name in solved if counts[name] == 0]
+    if not empty:
+        return
+    setting = f"sparsity {sparsity}, distribution {distribution}" + (
+        f", erk_power_scale {erk_power_scale}" if distribution == "erk" else "")
+    if not any(counts.values()):
+        raise RecipeError("sparsity", f"{setting} leaves no active weight in any of the {len(shapes)} sparse "
+                                      f"layer(s) ({sum(math.prod(s) for s in shapes.values()):,} weights): lower it"
+                                      + (" or use erk_power_scale 1" if distribution == "erk" and
+                                         erk_power_scale != 1.0 else ""))
+    warnings.warn(f"gsparse: {setting} leaves {len(empty)} layer(s) with 0 active weights (always zero): "
+                  f"{', '.join(empty)}", RecipeWarning, stacklevel=3)
 
 
 def round_half_up(value: float) -> int:

@@ -177,15 +177,12 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
         return recipe
     if isinstance(recipe, (str, Path)):
         if _is_file(recipe):
-            text = Path(recipe).read_text()
+            text, where = Path(recipe).read_text(), str(recipe)
         elif isinstance(recipe, str) and ("\n" in recipe or ":" in recipe):
-            text = recipe  # YAML given inline
+            text, where = recipe, "<inline YAML>"  # YAML given inline
         else:
             raise FileNotFoundError(f"recipe file not found: {recipe}")
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise RecipeError("<file>", f"not valid YAML: {error}") from None
+        data = _load_yaml(text, where)
     else:
         data = recipe
     if not isinstance(data, Mapping):
@@ -205,6 +202,67 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
         schedule=schedule, method_args=method_args, seed=top["seed"],
         mask_weights_after_step=top["mask_weights_after_step"], source=source,
     )
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+    where = "<inline YAML>"
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                seen = first_line.get(key)
+            except TypeError:  # an unhashable key: yaml's own error follows
+                continue
+            if seen is not None:
+                lines = f"line {line}" if seen == line else f"lines {seen} and {line}"
+                raise RecipeError(_key_path(self._path_of(node), key),
+                                  f"is given twice in one mapping ({self.where}, {lines}); keep one")
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def _path_of(self, target) -> str:
+        """The dotted key path of mapping node ``target`` from the document root."""
+        stack, visited = [(self._root, "")], set()
+        while stack:
+            node, path = stack.pop()
+            if node is target:
+                return path
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            if isinstance(node, yaml.MappingNode):
+                stack.extend((value, _key_path(path, key.value)) for key, value in node.value)
+            elif isinstance(node, yaml.SequenceNode):
+                stack.extend((item, f"{path}[{index}]") for index, item in enumerate(node.value))
+        return ""
+
+    def construct_document(self, node):
+        self._root = node
+        return super().construct_document(node)
+
+
+def _key_path(path: str, key) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _load_yaml(text: str, where: str):
+    """The YAML document in ``text``; :class:`RecipeError` naming ``where`` (the file) for invalid
+    YAML or a key given twice."""
+    loader = _RecipeLoader(text)
+    loader.where = where
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as error:
+        raise RecipeError("<file>", f"{where}: not valid YAML: {error}") from None
+    finally:
+        loader.dispose()
 
 
 def _is_file(candidate: str | Path) -> bool:

@@ -278,3 +278,13 @@ def test_baselines_section_puts_the_baselines_beside_every_entry_and_marks_loser
     assert "| dense | 76.00 ± 1.41 |" in text and "| dst_ee | 70.00 ± 1.41 * |" in text
     assert "do not beat the best no-learning baseline: dst_ee 90% (AUC)" in text
     assert "dense 90%" not in text.split("do not beat")[1]
+
+
+def test_the_grid_spreads_sparsity_as_asked():
+    plan = compare.plan_cells(CompareSettings(methods=["dst_ee"], sparsities=[0.9], seeds=[0], explore_c=[],
+                                              distribution="erk"), SPE)
+    assert plan.grid[0].config["recipe"]["distribution"] == "erk"
+    assert "`predictor.fc2`, erk)" in compare.LinkPredStudy(CompareSettings(distribution="erk")).describe(
+        CompareSettings(distribution="erk"))
+    with pytest.raises(CompareError, match="distribution: 'even' is not one of: uniform, er, erk"):
+        CompareSettings(distribution="even")

@@ -211,8 +211,7 @@ def test_remap_in_sorted_order(tmp_path):
 
 
 def test_remap_of_sparse_huge_ids_takes_the_sorting_path(tmp_path):
-    edges = load_edges(write(tmp_path, "g.txt", "1000000000000 5 1\n5 7 2\n"))
-    remapped = remap_nodes(edges)
+    remapped = load_edges(write(tmp_path, "g.txt", "1000000000000 5 1\n5 7 2\n"), remap=True)
     np.testing.assert_array_equal(remapped.node_ids, [5, 7, 1000000000000])
     np.testing.assert_array_equal(remapped.src, [2, 0])
     np.testing.assert_array_equal(remapped.dst, [0, 1])

@@ -53,10 +53,10 @@ def results(tmp_path_factory) -> dict:
     workdir = tmp_path_factory.mktemp("zero")
     # 1. Two ranks: training equality at every stage, selection on real partitions, resume,
     #    and the checkpoint the resharding launches read.
-    _run([_torchrun(2, "train,select,resume,reshard_save,seams,admm_groups,gather,nonfinite,method_cases,cnn", workdir, "two",
+    _run([_torchrun(2, "train,select,resume,reshard_save,seams,admm_groups,gather,nonfinite,method_cases,cnn,runner_save", workdir, "two",
                     ("--train-configs", ",".join(TRAIN_CONFIGS)))], workdir / "two.log")
     # 2. One rank: resume the two-rank checkpoint, then save one of its own.
-    _run([_torchrun(1, "reshard_load_from_2,reshard_save,refusals,fp16_overflow", workdir, "one")],
+    _run([_torchrun(1, "reshard_load_from_2,reshard_save,refusals,fp16_overflow,runner_resume", workdir, "one")],
          workdir / "one.log")
     # 3. Three ranks: selection again, and 2 -> 3 resharding.
     _run([_torchrun(3, "select,reshard_load_from_2", workdir, "three")], workdir / "three.log")
@@ -128,6 +128,26 @@ def test_resume_is_bitwise(results, case):
 def test_resume_at_another_world_size(results, key):
     assert results[key] == {"loaded_step": 60, "masks_at_load_equal": True, "masks_equal": True,
                             "counters_equal": True}
+
+
+def test_runner_checkpoints_keep_two_verified_epochs_and_resume_elastically(results):
+    """The training runner at ZeRO-2: 3 epochs on 2 ranks keep epochs 2 and 3, each with a manifest
+    covering every rank's files; on 1 rank another sparsity is refused, a truncated shard of epoch 3
+    makes it resume from epoch 2, without the ZeRO-2 optimizer state, and say so."""
+    saved = results["two:runner_checkpoints/saved"]
+    assert saved["folders"] == ["epoch3", "epoch2"] and saved["world_size"] == 2 and saved["epoch"] == 3
+    assert saved["shards"] == ["gsparse/rank00000-of-00002.pt", "gsparse/rank00001-of-00002.pt"]
+    assert saved["intact"] == [[], []]
+    resumed = results["one:runner_checkpoints/resumed_on_1"]
+    assert "it is of another run\n  sparsity: 0.75 in the checkpoint, 0.5 in this run" in resumed["mismatch"]
+    [not_loaded] = resumed["not_loaded"]
+    assert "epoch3 is not loaded: gsparse/rank00001-of-00002.pt: 64 bytes, the manifest records " in not_loaded
+    assert not_loaded.endswith("(truncated or rewritten)")
+    assert resumed["resumed_from"] == 2 and resumed["optimizer_state_restored"] is False
+    assert resumed["optimizer_line"][0].startswith("resuming on 1 process(es) a checkpoint saved by 2: DeepSpeed "
+                                                   "cannot repartition ZeRO-2 optimizer state")
+    assert resumed["log_epochs"] == [1, 2, 3, 4] and resumed["update_steps"] == [4, 8, 12, 16, 20]
+    assert [name for name in resumed["folders"] if name.startswith("epoch")] == ["epoch3", "epoch4"]
 
 
 @pytest.mark.parametrize("config", ["2-dst_ee", "3-rigl"])

@@ -16,7 +16,6 @@ single-process run's.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,11 +27,16 @@ from gsparse import checkpoint
 from gsparse.backends.pytorch import TorchBackend
 from gsparse.deepspeed.backends import PartitionedGroupsBackend, ReplicatedMasterBackend, Stage3Backend
 from gsparse.deepspeed.compat import TESTED_TEXT, UnsupportedLayout, check_version, installed_version
+from gsparse.deepspeed.config import (DeepSpeedConfigError, check_shape, config_source, ensure_process_group,
+                                      load_deepspeed_config)
 from gsparse.engine import SparseEngine
 from gsparse.forward import add_to_optimizer, install_forward_transforms, layer_parameters_of, prepare_model
 from gsparse.params import sparse_param_specs
 from gsparse.recipe import Recipe
 from gsparse.sparsifier import SparseState, fitted_recipe
+
+__all__ = ["CONFIG_KEY", "DeepSpeedConfigError", "DeepSpeedSparsifier", "UnsupportedLayout", "attach", "check_config",
+           "ensure_process_group", "initialize", "load_deepspeed_config"]
 
 CONFIG_KEY = "gsparse"
 _SHARD_FOLDER = "gsparse"
@@ -140,8 +144,11 @@ class DeepSpeedSparsifier(SparseState):
         engine.load_checkpoint = load_with_sparse_state
 
 
-def check_config(config: Mapping[str, Any]) -> None:
-    """Refuse DeepSpeed options gsparse cannot honour, before DeepSpeed builds anything."""
+def check_config(config: Mapping[str, Any], source: str = "<dict>") -> None:
+    """Refuse DeepSpeed options gsparse cannot honour, before DeepSpeed builds anything (a section of
+    the wrong shape: :class:`DeepSpeedConfigError`; a feature gsparse does not support:
+    :class:`UnsupportedLayout`)."""
+    check_shape(config, source)
     zero = config.get("zero_optimization") or {}
     if zero.get("round_robin_gradients"):
         raise UnsupportedLayout("zero_optimization.round_robin_gradients is not supported (its fragment mapping is "
@@ -173,8 +180,11 @@ def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, to
                steps_per_epoch: int | None = None, **kwargs):
     """``deepspeed.initialize`` plus :func:`attach`; returns DeepSpeed's tuple and the sparsifier.
 
-    The recipe is checked (and fitted to ``total_steps`` / ``steps_per_epoch``, as in :func:`attach`)
-    before DeepSpeed builds anything, so a bad recipe fails fast. A method
+    The DeepSpeed config (``config=``, or ``args.deepspeed_config``) is read with
+    :func:`load_deepspeed_config` and the recipe checked (and fitted to ``total_steps`` /
+    ``steps_per_epoch``, as in :func:`attach`) before DeepSpeed builds anything, so a bad config or
+    recipe fails fast. Started without a launcher, the process becomes a single-rank group first
+    (:func:`ensure_process_group`). A method
     with per-layer parameters gets them registered on the model first and added to the optimizer
     (your torch optimizer, or the ``model_parameters`` DeepSpeed builds one from).
     """
@@ -185,10 +195,10 @@ def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, to
     launcher_args = arguments.get("args")
     if config is None and getattr(launcher_args, "deepspeed_config", None):
         config = launcher_args.deepspeed_config
-    if isinstance(config, (str, Path)):
-        config = json.loads(Path(config).read_text())
-    if isinstance(config, Mapping):
-        check_config(config)
+    if isinstance(config, (str, Path, Mapping)):
+        source = config_source(config)
+        config = load_deepspeed_config(config)
+        check_config(config, source)
         if recipe is None:
             recipe = config.get(CONFIG_KEY)
     if recipe is not None:
@@ -200,6 +210,7 @@ def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, to
             add_to_optimizer(arguments["optimizer"], created, group)
         elif created and arguments.get("model_parameters") is not None:  # DeepSpeed builds the optimizer
             arguments["model_parameters"] = _with_parameters(arguments["model_parameters"], created, group)
+    ensure_process_group()
     engine, optimizer, dataloader, scheduler = deepspeed.initialize(**arguments)
     return engine, optimizer, dataloader, scheduler, attach(engine, recipe)
 

@@ -9,12 +9,18 @@ where ``P`` keeps each layer's ``target`` largest magnitudes (the exact top-k sh
 other method, so Z and U are sharded like the weights). At step ``pretrain_steps + admm_steps + 1``
 each layer is pruned by magnitude to its target; the mask stays fixed afterwards. The phases may
 be given as fractions of the run (``pretrain_steps: "30%"``); a prune step after the run's end is
-refused before training (the model would end dense).
+refused before training (the model would end dense). ``rho`` is at most ``MAX_RHO`` (1e6), also
+after its growth: ``rho * rho_growth ** (rounds - 1) <= MAX_RHO``, so the penalty gradient stays
+finite in float32 (a larger ``rho`` only pins ``W`` to ``Z - U`` harder).
 """
+import math
+
 import torch
 
 from gsparse.methods.base import LayerView, PruneFromDenseMethod
-from gsparse.options import Option, RunProblem, number, steps
+from gsparse.options import Option, RecipeError, RunProblem, number, steps
+
+MAX_RHO = 1e6
 
 
 class ADMM(PruneFromDenseMethod):
@@ -25,13 +31,22 @@ class ADMM(PruneFromDenseMethod):
         "pretrain_steps": Option(check=steps(0)),
         "admm_steps": Option(check=steps(1)),
         "admm_interval": Option(check=steps(1)),
-        "rho": Option(0.01, number(0.0, min_open=True)),
-        "rho_growth": Option(1.0, number(1.0)),
+        "rho": Option(0.01, number(0.0, MAX_RHO, min_open=True)),
+        "rho_growth": Option(1.0, number(1.0, MAX_RHO)),
     }
 
     def __init__(self, **args):
         super().__init__(**args)
         self.rho = self.args.rho
+        rounds = -(-self.args.admm_steps // self.args.admm_interval)
+        log_final = math.log(self.args.rho) + (rounds - 1) * math.log(self.args.rho_growth)
+        if log_final > math.log(MAX_RHO) + 1e-9:
+            bound = math.exp((math.log(MAX_RHO) - math.log(self.args.rho)) / (rounds - 1))
+            raise RecipeError("method_args.rho_growth", f"{self.args.rho_growth} grows rho {self.args.rho} over "
+                              f"{rounds} ADMM rounds (admm_steps {self.args.admm_steps:,} / admm_interval "
+                              f"{self.args.admm_interval:,}) to {self.args.rho} x {self.args.rho_growth}^{rounds - 1} "
+                              f"> {MAX_RHO:g}; allowed: rho x rho_growth^(rounds - 1) <= {MAX_RHO:g}, here "
+                              f"rho_growth <= {bound:.6g}")
 
     @property
     def prune_step(self) -> int:

@@ -11,8 +11,10 @@ DeepSpeed's monitor, non-finite-loss detection (:class:`TrainingDiverged`) and F
 """
 from gsparse.training.forgetting import ForgettingSampler, ForgettingTracker, IndexedDataset
 from gsparse.training.flops import WeightUse, forward_flops, record_uses, training_flops
-from gsparse.training.runner import RunConfig, TrainingDiverged, shutdown_distributed, train
+from gsparse.checkpoint import CheckpointError
+from gsparse.training.runner import ResumeMismatch, RunConfig, TrainingDiverged, shutdown_distributed, train
 from gsparse.training.task import RunContext, Task, TaskBase, check_task
 
-__all__ = ["ForgettingSampler", "ForgettingTracker", "IndexedDataset", "RunConfig", "RunContext", "Task", "TaskBase", "TrainingDiverged", "WeightUse", "check_task",
-           "forward_flops", "record_uses", "shutdown_distributed", "train", "training_flops"]
+__all__ = ["CheckpointError", "ForgettingSampler", "ForgettingTracker", "IndexedDataset", "ResumeMismatch", "RunConfig",
+           "RunContext", "Task", "TaskBase", "TrainingDiverged", "WeightUse", "check_task", "forward_flops", "record_uses",
+           "shutdown_distributed", "train", "training_flops"]

@@ -33,6 +33,7 @@ import contextlib
 import csv
 import json
 import math
+import re
 import shutil
 import statistics
 import time
@@ -59,6 +60,16 @@ def _methods() -> tuple[str, ...]:
 
 class CompareError(ValueError):
     """A comparison setting is not allowed; the message says which and what is."""
+
+
+def folder_name(name: str) -> str:
+    """A results folder name for ``name``: a plain name (a dataset card) as given; a path
+    (``/data/My Graph.txt.gz``) its file name without suffixes, with runs of characters other than
+    letters, digits, ``_`` and ``-`` replaced by ``_`` (``My_Graph``)."""
+    if "/" not in name and "\\" not in name and "." not in name:
+        return name or "dataset"
+    stem = Path(name.replace("\\", "/")).name.lstrip(".").split(".")[0]
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "dataset"
 
 
 # ---- what a task supplies ---------------------------------------------------------------------
@@ -123,7 +134,7 @@ class TaskStudy:
 
     def describe(self, settings: "GridSettings") -> str:
         layers = ", ".join(f"`{p}`" for p in self.sparse_params) if self.sparse_params else "the recipe's default layers"
-        return f"Task `{self.name}`; sparsity of {layers} (uniform)."
+        return f"Task `{self.name}`; sparsity of {layers} ({settings.distribution})."
 
 
 # ---- settings ---------------------------------------------------------------------------------
@@ -147,9 +158,14 @@ class GridSettings:
     explore_c: list = field(default_factory=lambda: [0.0, 0.01, 0.1, 1.0])
     explore_sparsity: float = 0.9
     curve_sparsity: float | None = None  # None: 0.9 if in the grid, else the middle sparsity
+    distribution: str = "uniform"  # of the sparsity over the sparse layers: uniform | er | erk
     out: str = "runs/compare"
 
     def __post_init__(self):
+        from gsparse.distributions import DISTRIBUTIONS
+
+        if self.distribution not in DISTRIBUTIONS:
+            raise CompareError(f"distribution: '{self.distribution}' is not one of: {', '.join(DISTRIBUTIONS)}")
         self.methods = _check_methods(self.methods)
         self.sparsities = sorted(_unique([_check_sparsity("sparsities", s) for s in self.sparsities]))
         if not self.sparsities and any(m != "dense" for m in self.methods):
@@ -301,7 +317,7 @@ def build_recipe(method: str, sparsity: float, phases: list[int], spe: int, sett
     too small for the method's schedule. ``sparse_params``: the study's sparse parameter globs."""
     if method == "dense":
         return None
-    recipe = {"method": method, "sparsity": sparsity, "distribution": "uniform", "seed": seed}
+    recipe = {"method": method, "sparsity": sparsity, "distribution": settings.distribution, "seed": seed}
     if sparse_params:
         recipe["params"] = {"include": list(sparse_params)}
     total, interval = sum(phases) * spe, settings.update_interval
@@ -350,6 +366,9 @@ def plan_cells(settings: GridSettings, study: Study, spe: dict[int, int] | None 
     """Every cell of the comparison, recipes checked; ``spe`` defaults to the study's steps per epoch."""
     from gsparse.recipe import load_recipe
 
+    if not study.name or Path(study.name).name != study.name or study.name in (".", ".."):
+        raise CompareError(f"study name {study.name!r}: expected a folder name (the results go to OUT/<name>/); "
+                           f"e.g. {folder_name(study.name)!r}")
     explore_seed = 0
     seeds = _unique(settings.seeds + ([explore_seed] if settings.explore_c else []))
     spe = spe or study.steps_per_epoch(seeds, settings)
@@ -505,7 +524,8 @@ def cell_values(plan: Plan, dataset_dir: Path, settings: GridSettings, study: St
         value.update({"best_epoch": metrics["best_epoch"], "density": metrics["density"],
                       "exploration_degree": metrics["exploration_degree"], "flops": flops,
                       "flops_relative": flops / reference, "seconds": metrics.get("seconds"),
-                      "inference_flops_relative": metrics.get("inference_flops_relative")})
+                      "inference_flops_relative": metrics.get("inference_flops_relative"),
+                      "final_sparsity": metrics.get("final_sparsity", 1.0 - metrics["density"])})
         values.append(value)
     return values, missing, diverged
 
@@ -530,7 +550,8 @@ def summarise(values: list[dict], metric: str = "test_accuracy", secondary_metri
         record.update({"epochs": group[0]["epochs"],
                        "flops_relative": statistics.fmean(v["flops_relative"] for v in group),
                        "inference_flops_relative": statistics.fmean(inference) if inference else None,
-                       "n": len(group), "phases": group[0]["phases"]})
+                       "n": len(group), "phases": group[0]["phases"],
+                       "final_sparsity": statistics.fmean(v.get("final_sparsity", sparsity) for v in group)})
         records.append(record)
     return records
 
@@ -566,12 +587,17 @@ def markdown_table(records: list[dict], settings: GridSettings, study: Study, di
 
     def score(r: dict) -> str:
         text = f"{100 * r[f'{short}_mean']:.2f} ± {100 * r[f'{short}_std']:.2f}"
+        if off_target(r):
+            text += f" (at {100 * r['final_sparsity']:.1f}% sparsity)"
         return text if r["n"] == len(settings.seeds) else f"{text} (n={r['n']})"
 
     seeds = ", ".join(map(str, settings.seeds))
     label = study.metric_label[0].upper() + study.metric_label[1:]
     notes = [f"Diverged cells (the loss stopped being finite; no results, left out of the means): "
              f"{', '.join(diverged)}.", ""] if diverged else []
+    if any(off_target(r) for r in records):
+        notes += ["\"(at x% sparsity)\": the method ended away from the column's sparsity (a learned sparsity, "
+                  "or a schedule the run did not complete); compare it at the sparsity it reached, not the column's.", ""]
     return "\n".join([
         f"# {study.name}: dense vs prune-from-dense vs sparse from scratch",
         "",
@@ -608,6 +634,12 @@ def markdown_table(records: list[dict], settings: GridSettings, study: Study, di
             "",
         ]),
     ])
+
+
+def off_target(record: dict) -> bool:
+    """A (method, sparsity) entry whose mean final sparsity is more than half a point off its column."""
+    final = record.get("final_sparsity")
+    return record["method"] != "dense" and final is not None and abs(final - record["sparsity"]) > 0.005
 
 
 def _epochs_text(phases: list[int]) -> str:
@@ -787,6 +819,8 @@ def add_grid_arguments(parser: argparse.ArgumentParser, defaults: GridSettings) 
         help="sparsity of the exploration cells")
     add("--curve-sparsity", type=float, default=defaults.curve_sparsity, metavar="S",
         help="sparsity of the metric-per-epoch plot (none: 0.9 if in the grid, else the middle one)")
+    add("--distribution", default=defaults.distribution, help="how the sparsity is spread over the sparse layers: "
+        "uniform, er or erk")
     add("--out", default=defaults.out, help="cells and results go to OUT/<task name>/")
     add("--only-table", action="store_true", help="rebuild the table and plots from finished cells; train nothing")
     add("--quiet", action="store_true", help="send each cell's per-epoch lines to its train.log")

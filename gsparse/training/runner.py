@@ -18,6 +18,18 @@ metrics of the epoch the task's ``selection_metric`` picks, plus FLOPs) and a ch
 epoch (plain: ``checkpoint.pt`` written atomically; DeepSpeed: ``checkpoints/epoch<N>`` through
 ``engine.save_checkpoint``); ``resume=True`` continues from it bitwise.
 
+Checkpoints are verified and belong to their run. The newest two epochs are kept (plain:
+``checkpoint.pt`` and ``checkpoint.previous.pt`` listed in ``checkpoint.manifest.json``;
+DeepSpeed: ``checkpoints/epoch<N>/manifest.json``), with the sha256 of every file. On resume a
+checkpoint whose files do not match is logged and skipped for the previous one; none intact
+raises :class:`~gsparse.checkpoint.CheckpointError`. Each records the run's fingerprint
+(:func:`run_fingerprint`); a checkpoint of another method, sparsity, sparse layer set or fitted
+recipe raises :class:`ResumeMismatch` before any training, as does another task/data fingerprint
+unless ``resume_anyway``. The logs are cut back to the epoch resumed from, so they never repeat or
+skip a row; ``metrics.json`` records ``resumed_from`` and ``optimizer_state_restored`` (false when
+DeepSpeed resumed at another world size and could not repartition the ZeRO optimizer state).
+A run started without ``resume`` removes the run folder's earlier checkpoints.
+
 The recipe is fitted to the run (``Recipe.fit_to_run``: ``"N%"`` and ``auto`` become the run's
 steps, and the method checks that the run reaches its target) before the model is made sparse;
 the fitted values are logged and kept in ``metrics.json`` (``recipe_fitted``). After the last epoch
@@ -34,10 +46,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import io
 import json
 import math
 import os
 import random
+import shutil
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -47,6 +63,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from gsparse import checkpoint
 from gsparse.options import RecipeWarning
 from gsparse.training.flops import UseRecorder, forward_flops, training_flops
 from gsparse.training.task import RunContext, check_task
@@ -54,6 +71,11 @@ from gsparse.training.task import RunContext, check_task
 
 class TrainingDiverged(RuntimeError):
     """The loss stopped being finite; the message says where. No results were written."""
+
+
+class ResumeMismatch(ValueError):
+    """The checkpoint to resume is of another run; the message names each differing field with
+    both values. Only a different task/data fingerprint can be overridden (``resume_anyway``)."""
 
 
 @dataclass
@@ -66,6 +88,8 @@ class RunConfig:
     deepspeed_config: Any = None  # a DeepSpeed JSON path or dict; None trains in one process
     accumulation_steps: int | None = None  # micro-batches per optimizer step; None: 1 (or DeepSpeed's setting)
     resume: bool = False
+    # resume although the checkpoint's task/data fingerprint differs (never: method, sparsity, layers, recipe)
+    resume_anyway: bool = False
     progress: bool = True  # a tqdm bar per epoch on rank 0
     max_nonfinite_steps: int = 20  # consecutive optimizer steps with a non-finite loss before giving up
     deterministic: bool = True  # torch.use_deterministic_algorithms: bitwise-repeatable runs and resumes
@@ -147,6 +171,16 @@ class _Distributed:
 
             dist.barrier()
 
+    def all_gather(self, value) -> list:
+        """Every rank's ``value`` (any picklable object), in rank order."""
+        if not self.enabled:
+            return [value]
+        import torch.distributed as dist
+
+        values: list = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
     def mean(self, value: float, device) -> float:
         """The mean of ``value`` over ranks (a collective under DeepSpeed); not finite if any rank's is not."""
         if not self.enabled:
@@ -159,25 +193,69 @@ class _Distributed:
 
 
 def _load_json(config) -> dict:
-    if not isinstance(config, dict):
-        config = json.loads(Path(config).read_text())
-    return dict(config)
+    from gsparse.deepspeed.config import load_deepspeed_config
+
+    return load_deepspeed_config(config)
 
 
 def deepspeed_config_for(ds_config: dict, batch_size: int | None, world_size: int,
-                         accumulation_steps: int | None) -> tuple[dict, int]:
+                         accumulation_steps: int | None, source: str = "<dict>") -> tuple[dict, int]:
     """The DeepSpeed config to initialize with and its gradient accumulation steps: the task's
-    global batch split over ranks and micro-batches (``train_batch_size`` dropped)."""
+    global batch split over ranks and micro-batches (``train_batch_size`` dropped).
+
+    Precedence: the task's ``batch_size`` is the global batch; accumulation is ``accumulation_steps``
+    (the run's option), else the config's ``gradient_accumulation_steps``, else 1. The config may
+    repeat these but not contradict them: a ``train_batch_size`` other than ``batch_size``, a
+    ``train_micro_batch_size_per_gpu`` with micro x accumulation x ranks other than ``batch_size``, or
+    a ``gradient_accumulation_steps`` other than ``accumulation_steps`` raises
+    :class:`~gsparse.deepspeed.DeepSpeedConfigError` (``source`` names the config) - silently
+    overriding one of them would train with a batch that one of the two settings does not say."""
+    from gsparse.deepspeed.config import DeepSpeedConfigError
+
     ds_config = dict(ds_config)
-    accumulation = accumulation_steps or int(ds_config.get("gradient_accumulation_steps", 1) or 1)
+    configured = ds_config.get("gradient_accumulation_steps")
+    if accumulation_steps and configured and configured != accumulation_steps:
+        raise DeepSpeedConfigError(source, "gradient_accumulation_steps", f"is {configured}, but the run's "
+                                   f"accumulation_steps (--accumulation_steps) is {accumulation_steps}; make them "
+                                   "agree or remove one")
+    accumulation = accumulation_steps or int(configured or 1)
     ds_config["gradient_accumulation_steps"] = accumulation
     if batch_size is not None:
+        micro, given = ds_config.get("train_micro_batch_size_per_gpu"), ds_config.get("train_batch_size")
+        for key, global_batch, how in (
+                ("train_micro_batch_size_per_gpu", None if micro is None else micro * accumulation * world_size,
+                 f"{micro} x gradient_accumulation_steps {accumulation} x {world_size} rank(s) = "),
+                ("train_batch_size", given, "")):
+            if global_batch is not None and global_batch != batch_size:
+                raise DeepSpeedConfigError(source, key, f"sets a global batch of {how}{global_batch}, but the task's "
+                                           f"batch_size (--batch_size) is {batch_size}; the task's batch_size sets "
+                                           f"DeepSpeed's batch: make them agree or remove {key} from the config")
         if batch_size % (world_size * accumulation):
             raise ValueError(f"batch_size {batch_size} is not divisible by {world_size} rank(s) x "
                              f"{accumulation} accumulation step(s)")
         ds_config["train_micro_batch_size_per_gpu"] = batch_size // (world_size * accumulation)
         ds_config.pop("train_batch_size", None)
     return ds_config, accumulation
+
+
+def _check_run_start(config: RunConfig) -> None:
+    """What can fail before any data is read fails here: the run folder must be creatable and
+    writable (a probe file is written and deleted), a DeepSpeed config well formed; and a DeepSpeed
+    run started without a launcher becomes a single-process group (rank 0 of 1)."""
+    run_dir = Path(config.run_dir)
+    probe = run_dir / f".write-probe-{socket.gethostname()}-{os.getpid()}"  # unique per process on shared folders
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink(missing_ok=True)
+    except OSError as error:
+        raise ValueError(f"run_dir {str(run_dir)!r} cannot be created or written ({error.strerror or error}): "
+                         "choose another run_dir (--run_dir)") from None
+    if config.deepspeed_config is not None:
+        from gsparse.deepspeed.config import ensure_process_group, load_deepspeed_config
+
+        load_deepspeed_config(config.deepspeed_config)
+        ensure_process_group(config.log or (lambda line: print(line, flush=True)))
 
 
 class _Trainer:
@@ -189,6 +267,10 @@ class _Trainer:
         self.sparsifier = None
         self.monitor = None
         self.runner_state: dict = {}  # saved with every checkpoint (counters the loop keeps)
+        self.fingerprint: dict = {}  # run_fingerprint(); set by train() before load / save
+        self._kept = None  # the checkpoint kept as the fallback at the next save (plain: its entry; DeepSpeed: epoch)
+        self.optimizer_state_restored: bool | None = None  # after a resume
+        self.resume_overridden: list[str] = []  # fingerprint fields resume_anyway let differ
         recipe = config.recipe
         if distributed.enabled:
             import gsparse.deepspeed as gds
@@ -208,7 +290,8 @@ class _Trainer:
         self.scheduler = task.build_scheduler(self.optimizer, max(total_steps, 1))
         if distributed.enabled:
             ds_config, context.accumulation_steps = deepspeed_config_for(
-                ds_config, task.batch_size, distributed.world_size, config.accumulation_steps)
+                ds_config, task.batch_size, distributed.world_size, config.accumulation_steps,
+                source=str(config.deepspeed_config) if not isinstance(config.deepspeed_config, dict) else "<dict>")
             if recipe is None:
                 import deepspeed
 
@@ -275,40 +358,73 @@ class _Trainer:
                 "at_target": _target_check(self.sparsifier, metrics)["sparsity_target_met"],
                 **{f"density/{name}": layer["density"] for name, layer in metrics["layers"].items()}}
 
-    # ---- checkpoints (one per epoch; the run resumes from the newest) -------------------------
+    # ---- checkpoints (one per epoch; the newest two are kept, each verified before it is loaded) --
 
     def _client_state(self, epoch: int, history: list) -> dict:
-        return {"epoch": epoch, "history": history, "runner": self.runner_state,
+        return {"epoch": epoch, "history": history, "runner": self.runner_state, "fingerprint": self.fingerprint,
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
 
     def save(self, run_dir: Path, epoch: int, history: list) -> None:
         client_state = self._client_state(epoch, history)
+        record = {"epoch": epoch, "optimizer_steps": self.runner_state.get("optimizer_steps", 0),
+                  "sparse_step": None if self.sparsifier is None else self.sparsifier.step,
+                  "world_size": self.distributed.world_size, "fingerprint": self.fingerprint}
         if self.distributed.enabled:
-            self.model.save_checkpoint(str(run_dir / "checkpoints"), tag=f"epoch{epoch}", client_state=client_state)
+            self._save_deepspeed(run_dir / "checkpoints", epoch, client_state, record)
             return
         state = {**client_state, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "sparsifier": None if self.sparsifier is None else self.sparsifier.state_dict()}
-        temporary = run_dir / "checkpoint.pt.tmp"
-        torch.save(state, temporary)
-        os.replace(temporary, run_dir / "checkpoint.pt")
+        self._kept = checkpoint.save_plain(run_dir, state, record, keep=self._kept)
 
-    def load(self, run_dir: Path) -> tuple[int, list]:
-        """Restore the newest checkpoint; returns (last finished epoch, history) or (0, [])."""
+    def _save_deepspeed(self, directory: Path, epoch: int, client_state: dict, record: dict) -> None:
+        """``engine.save_checkpoint`` to ``directory/epoch<N>``, then its manifest (every rank checksums a
+        share of the files; the folder must be on a file system all ranks see), then the epochs before
+        the previous one are removed."""
+        distributed, tag = self.distributed, f"epoch{epoch}"
+        folder = directory / tag
+        if distributed.rank == 0 and folder.exists():
+            shutil.rmtree(folder)  # of an epoch trained again after a resume from an earlier one
+        distributed.barrier()
+        self.model.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+        distributed.barrier()
+        names = checkpoint.folder_files(folder)
+        files: dict = {}
+        for share in distributed.all_gather(checkpoint.describe_files(folder, names[distributed.rank::
+                                                                                   distributed.world_size])):
+            files.update(share)
+        if distributed.rank == 0:
+            checkpoint.write_folder_manifest(folder, {**record, "tag": tag}, files)
+            for old_epoch, old_folder in checkpoint.epoch_folders(directory):
+                if old_epoch not in (epoch, self._kept):
+                    shutil.rmtree(old_folder)
+        distributed.barrier()
+        self._kept = epoch
+
+    def load(self, run_dir: Path, log: Callable[[str], None]) -> tuple[int, list]:
+        """Restore the newest intact checkpoint; returns (last finished epoch, history) or (0, []).
+
+        Raises :class:`ResumeMismatch` when it is of another run, and
+        :class:`~gsparse.checkpoint.CheckpointError` when checkpoints exist but none is intact."""
+        other = (run_dir / checkpoint.PLAIN_NEWEST).is_file() if self.distributed.enabled \
+            else bool(checkpoint.epoch_folders(run_dir / "checkpoints"))
         if self.distributed.enabled:
-            if not (run_dir / "checkpoints" / "latest").is_file():
-                return 0, []
-            _, client_state = self.model.load_checkpoint(str(run_dir / "checkpoints"))
+            client_state = self._load_deepspeed(run_dir / "checkpoints", log)
         else:
-            if not (run_dir / "checkpoint.pt").is_file():
-                return 0, []
-            client_state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-            self.model.load_state_dict(client_state["model"])
-            self.optimizer.load_state_dict(client_state["optimizer"])
-            if self.sparsifier is not None:
-                self.sparsifier.load_state_dict(client_state["sparsifier"])
+            client_state = self._load_plain(run_dir, log)
+        if client_state is None:
+            if other:
+                raise checkpoint.CheckpointError(
+                    f"{run_dir} holds {'a plain PyTorch' if self.distributed.enabled else 'DeepSpeed'} checkpoint, "
+                    f"but this run is {'under DeepSpeed' if self.distributed.enabled else 'plain PyTorch'}: "
+                    "resume it the way it was started, or use another run_dir")
+            return 0, []
         if self.scheduler is not None and client_state.get("scheduler") is not None:
             self.scheduler.load_state_dict(client_state["scheduler"])
+            if not self.optimizer_state_restored and hasattr(self.scheduler, "get_last_lr"):
+                # a fresh optimizer holds the initial learning rates; chained schedules step from these
+                for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                    group["lr"] = lr
         rng = client_state.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])
@@ -316,6 +432,203 @@ class _Trainer:
             random.setstate(rng["python"])
         self.runner_state = dict(client_state.get("runner") or {})
         return client_state["epoch"], client_state["history"]
+
+    def _load_plain(self, run_dir: Path, log) -> dict | None:
+        found = checkpoint.find_plain(run_dir, log)
+        if found is None:
+            return None
+        path, entry = found
+        if entry is not None:
+            self._check_fingerprint(entry.get("fingerprint"), f"{path} (epoch {entry['epoch']})", log)
+        try:
+            state = torch.load(path, weights_only=False)
+        except Exception as error:  # an unverified (older) file: say which one
+            raise checkpoint.CheckpointError(f"{path} cannot be read: {error}") from error
+        if entry is None:
+            self._check_fingerprint(state.get("fingerprint"), f"{path} (epoch {state['epoch']})", log)
+            entry = {"epoch": state["epoch"], **checkpoint.describe_files(run_dir, [path.name])[path.name]}
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sparsifier is not None:
+            self.sparsifier.load_state_dict(state["sparsifier"])
+        self._kept = {**entry, "file": path.name}  # entries match by content: the name is where it is now
+        self.optimizer_state_restored = True
+        return state
+
+    def _load_deepspeed(self, directory: Path, log) -> dict | None:
+        distributed = self.distributed
+        folders = checkpoint.epoch_folders(directory)
+        if not folders:
+            return None
+        tag, manifest = None, None
+        if not any((folder / checkpoint.MANIFEST).is_file() for _, folder in folders) \
+                and (directory / "latest").is_file():
+            tag = (directory / "latest").read_text().strip()
+            log(f"{directory / tag}: no {checkpoint.MANIFEST} (written by an older gsparse): loaded without "
+                "verification")
+        else:
+            problems = []
+            for _, folder in folders:
+                manifest, why = checkpoint.read_manifest(folder / checkpoint.MANIFEST)
+                mine = [why] if manifest is None else checkpoint.folder_problems(
+                    folder, manifest, sorted(manifest["files"])[distributed.rank::distributed.world_size])
+                found = sorted({problem for share in distributed.all_gather(mine) for problem in share})
+                if not found:
+                    tag = folder.name
+                    break
+                problems.append(f"{folder.name}: {'; '.join(found)}")
+                log(f"checkpoint {folder} is not loaded: {'; '.join(found)}")
+            if tag is None:
+                raise checkpoint.CheckpointError(
+                    f"no intact checkpoint to resume from in {directory}: {' | '.join(problems)}. Restore the "
+                    "files, or start over without resume")
+            self._check_fingerprint(manifest.get("fingerprint"), f"{directory / tag} (epoch {manifest['epoch']})",
+                                    log)
+        engine = self.model
+        saved_world = None if manifest is None else manifest.get("world_size")
+        partitioned = engine.zero_optimization_stage() > 0 or type(engine.optimizer).__name__ == "BF16_Optimizer"
+        self.optimizer_state_restored = (saved_world in (None, distributed.world_size) or not partitioned
+                                         or bool(engine.load_universal_checkpoint()))
+        if not self.optimizer_state_restored:
+            log(f"resuming on {distributed.world_size} process(es) a checkpoint saved by {saved_world}: DeepSpeed "
+                f"cannot repartition ZeRO-{engine.zero_optimization_stage()} optimizer state, so the optimizer "
+                "starts afresh (momenta and second moments are lost); weights, masks, schedule and RNG are "
+                f"restored. Resume at {saved_world} process(es) for an exact continuation "
+                "(metrics.json: optimizer_state_restored false)")
+        latest = directory / "latest"
+        if distributed.rank == 0 and (not latest.is_file() or latest.read_text().strip() != tag):
+            (directory / "latest.tmp").write_text(tag)  # DeepSpeed's own readers (ZeRO-3 weights) follow it
+            os.replace(directory / "latest.tmp", latest)
+        distributed.barrier()
+        load_path, client_state = engine.load_checkpoint(str(directory), tag=tag,
+                                                         load_optimizer_states=self.optimizer_state_restored)
+        if load_path is None:
+            raise checkpoint.CheckpointError(f"DeepSpeed could not load {directory / tag}")
+        if manifest is None:
+            self._check_fingerprint(client_state.get("fingerprint"), str(directory / tag), log)
+        self._kept = client_state["epoch"]
+        return client_state
+
+    def _check_fingerprint(self, saved: dict | None, source: str, log) -> None:
+        """Raise :class:`ResumeMismatch` naming every field where ``saved`` differs from this run."""
+        if saved is None:
+            log(f"{source} records no run fingerprint (an older gsparse): method, sparsity and data not checked")
+            return
+        differences = fingerprint_differences(saved, self.fingerprint)
+        if not differences:
+            return
+        lines = "\n".join(f"  {field}: {before} in the checkpoint, {after} in this run"
+                          for field, before, after in differences)
+        fixed = [field for field, _, _ in differences if not field.startswith("task")]
+        if fixed or not self.config.resume_anyway:
+            hint = ("resume_anyway (--resume_anyway) resumes despite a different task/data fingerprint only; "
+                    if fixed else "resume_anyway=True (--resume_anyway) resumes despite it; ")
+            raise ResumeMismatch(f"cannot resume from {source}: it is of another run\n{lines}\n{hint}"
+                                 "or use another run_dir (or resume=False) to start this run afresh")
+        self.resume_overridden = [field for field, _, _ in differences]
+        log(f"WARNING: resuming from {source} despite a different task/data fingerprint (resume_anyway):\n{lines}")
+
+
+def run_fingerprint(task, sparsifier) -> dict:
+    """What makes a checkpoint this run's: method, target sparsity, sparse layers and shapes, the
+    fitted recipe (its source with the run's steps) and its sha256 (canonical JSON; independent of
+    the world size), and the task's :meth:`~gsparse.training.TaskBase.fingerprint` (default: name
+    and batch size)."""
+    describe = getattr(task, "fingerprint", None)
+    task_print = describe() if describe is not None else {"name": task.name, "batch_size": task.batch_size}
+    if sparsifier is None:
+        method, sparsity, layers, source = "dense", 0.0, {}, None
+    else:
+        method, sparsity, source = sparsifier.recipe.method, sparsifier.recipe.sparsity, sparsifier.recipe.source
+        layers = {spec.name: list(spec.shape) for spec in sparsifier.specs}
+    # through JSON: what a manifest holds compares equal to what this run computes
+    source = json.loads(json.dumps(source, default=_json_scalar))
+    recipe_hash = None if source is None else hashlib.sha256(
+        json.dumps(source, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return json.loads(json.dumps({"method": method, "sparsity": sparsity, "layers": layers, "recipe": source,
+                                  "recipe_sha256": recipe_hash, "task": task_print}, default=_json_scalar))
+
+
+def _json_scalar(value):
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    return str(value)
+
+
+_FINGERPRINT_ORDER = ("method", "sparsity", "layers", "recipe", "recipe_sha256", "task")
+
+
+def fingerprint_differences(saved: dict, current: dict) -> list[tuple[str, str, str]]:
+    """``(field, saved value, current value)`` for each differing field, nested dicts per leaf
+    (``"layers.fc1.weight"``, ``"recipe.schedule.update_interval"``, ``"task.dataset"``); values as
+    ``repr``, or "absent"."""
+    differences: list = []
+
+    def compare(field: str, before, after) -> None:
+        if isinstance(before, dict) and isinstance(after, dict):
+            for key in sorted(set(before) | set(after), key=str):
+                compare(f"{field}.{key}", before.get(key, _ABSENT), after.get(key, _ABSENT))
+        elif before != after:
+            differences.append((field, _shown(before, field), _shown(after, field)))
+
+    fields = sorted(set(saved) | set(current), key=lambda f: (_FINGERPRINT_ORDER + (f,)).index(f))
+    for field in fields:
+        compare(field, saved.get(field, _ABSENT), current.get(field, _ABSENT))
+    return differences
+
+
+_ABSENT = object()
+
+
+def _shown(value, field: str) -> str:
+    if value is _ABSENT:
+        return "absent"
+    return repr(value[:12] + "...") if field == "recipe_sha256" and isinstance(value, str) else repr(value)
+
+
+def _clear_checkpoints(run_dir: Path) -> list[str]:
+    """Remove the checkpoints a run folder holds (plain and DeepSpeed's); returns what was removed."""
+    removed = checkpoint.clear_plain(run_dir)
+    for _, folder in checkpoint.epoch_folders(run_dir / "checkpoints"):
+        shutil.rmtree(folder)
+        removed.append(f"checkpoints/{folder.name}")
+    if (run_dir / "checkpoints" / "latest").is_file():
+        (run_dir / "checkpoints" / "latest").unlink()
+    return removed
+
+
+def _truncate_logs(run_dir: Path, epoch: int, sparse_step: int | None) -> None:
+    """Keep only the rows of epochs <= ``epoch`` in ``log.jsonl`` / ``log.csv``, and the mask updates
+    up to ``sparse_step`` in ``updates.jsonl``: a resumed run then appends no duplicate and leaves
+    no gap (rows written after the checkpoint it resumes from are dropped)."""
+    def keep_jsonl(name: str, keep: Callable[[dict], bool]) -> None:
+        path = run_dir / name
+        if path.exists():
+            rows = [line for line in path.read_text().splitlines() if line.strip()]
+            _write_text(path, "".join(line + "\n" for line in rows if keep(json.loads(line))))
+
+    keep_jsonl("log.jsonl", lambda row: row["epoch"] <= epoch)
+    keep_jsonl("updates.jsonl", lambda row: row["epoch"] <= epoch
+               and (sparse_step is None or row["step"] <= sparse_step))
+    log_csv = run_dir / "log.csv"
+    if log_csv.exists():
+        with log_csv.open(newline="") as source:
+            rows = list(csv.reader(source))
+        if rows and "epoch" in rows[0]:
+            column = rows[0].index("epoch")
+            rows = rows[:1] + [row for row in rows[1:] if row and int(float(row[column])) <= epoch]
+            output = io.StringIO()
+            csv.writer(output).writerows(rows)
+            _write_text(log_csv, output.getvalue())
+    for path in (run_dir / "log.jsonl", run_dir / "log.csv", run_dir / "updates.jsonl"):
+        if path.exists() and epoch == 0:
+            path.unlink()
+
+
+def _write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def _append_update(run_dir: Path, epoch: int, metrics: dict) -> None:
@@ -366,6 +679,7 @@ def train(task, config: RunConfig, extra_metrics: dict | None = None) -> dict:
     ``status: diverged``). ``extra_metrics`` are merged into ``metrics.json`` as given. Torch runs
     with :func:`resolve_threads` threads meanwhile (the caller's setting is restored afterwards)."""
     check_task(task)
+    _check_run_start(config)
     threads = resolve_threads(config.threads)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -402,10 +716,15 @@ def _train(task, config: RunConfig, extra_metrics: dict | None, threads: int) ->
     if distributed.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
-    first_epoch, history = trainer.load(run_dir) if config.resume else (0, [])
+    trainer.fingerprint = run_fingerprint(task, trainer.sparsifier)
+    # a checkpoint of another run, or none intact, fails here: before any file of the run changes
+    first_epoch, history = trainer.load(run_dir, log if distributed.rank == 0 else lambda line: None) \
+        if config.resume else (0, [])
     if distributed.rank == 0:
-        if first_epoch == 0 and (run_dir / "updates.jsonl").exists():
-            (run_dir / "updates.jsonl").unlink()
+        removed = [] if config.resume else _clear_checkpoints(run_dir)
+        if removed:
+            log(f"resume is off: removed the earlier run's checkpoints in {run_dir} ({', '.join(removed)})")
+        _truncate_logs(run_dir, first_epoch, trainer.sparsifier.step if first_epoch and trainer.sparsifier else None)
         if (run_dir / "metrics.json").exists():
             (run_dir / "metrics.json").unlink()  # written again when this run finishes
     sparse = trainer.sparsifier
@@ -427,7 +746,10 @@ def _train(task, config: RunConfig, extra_metrics: dict | None, threads: int) ->
     state.setdefault("nonfinite_steps", 0)
     state.setdefault("optimizer_steps", 0)
     accumulation = context.accumulation_steps
-    base = {"task": task.name, **task.summary(), "method": method, "sparsity": sparsity, "threads": threads}
+    base = {"task": task.name, **task.summary(), "method": method, "sparsity": sparsity, "threads": threads,
+            "resumed_from": first_epoch or None, "optimizer_state_restored": trainer.optimizer_state_restored}
+    if trainer.resume_overridden:
+        base["resume_overridden"] = trainer.resume_overridden
     if sparse is not None:
         base["recipe_fitted"] = _fitted_values(sparse.recipe)
     epoch = first_epoch

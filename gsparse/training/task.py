@@ -67,6 +67,9 @@ class Task(Protocol):
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]: ...
     def describe(self) -> str: ...
     def summary(self) -> dict[str, Any]: ...
+    # optional (the runner falls back to name and batch size): what the run trains on, JSON-able;
+    # a checkpoint whose fingerprint differs is refused on resume unless RunConfig.resume_anyway
+    def fingerprint(self) -> dict[str, Any]: ...
 
 
 class TaskBase:
@@ -113,6 +116,11 @@ class TaskBase:
 
     def summary(self) -> dict[str, Any]:
         return {}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must have been trained on to be resumed (JSON-able): by default the
+        task's name and batch size; tasks add their data (dataset, sizes, split)."""
+        return {"name": self.name, "batch_size": self.batch_size}
 
 
 def check_task(task: Any) -> None:

@@ -315,6 +315,64 @@ def scenario_reshard_load(results: dict, workdir: Path, source_world: int):
     log("reshard", entry)
 
 
+RUNNER_ZERO2 = {"gradient_accumulation_steps": 2, "steps_per_print": 10 ** 6, "zero_allow_untested_optimizer": True,
+                "zero_optimization": {"stage": 2}}  # the task's batch_size sets the micro-batch
+
+
+def scenario_runner_save(results: dict, workdir: Path):
+    """The training runner at ZeRO-2 for 3 epochs: manifests, and only the two newest epochs kept."""
+    from gsparse import checkpoint
+    from gsparse.training import RunConfig, train as run_training
+    from tests.test_training import RIGL, ToyTask
+
+    run_dir = workdir / "runner-elastic"
+    run_training(ToyTask(batch_size=32), RunConfig(epochs=3, recipe=RIGL, deepspeed_config=RUNNER_ZERO2,
+                                                   run_dir=str(run_dir), progress=False, log=lambda line: None))
+    folders = checkpoint.epoch_folders(run_dir / "checkpoints")
+    manifest = json.loads((folders[0][1] / checkpoint.MANIFEST).read_text())
+    results["runner_checkpoints/saved"] = {
+        "folders": [folder.name for _, folder in folders], "world_size": manifest["world_size"],
+        "epoch": manifest["epoch"], "shards": sorted(name for name in manifest["files"] if name.startswith("gsparse/")),
+        "intact": [checkpoint.folder_problems(folder, json.loads((folder / checkpoint.MANIFEST).read_text()),
+                                              sorted(json.loads((folder / checkpoint.MANIFEST).read_text())["files"]))
+                   for _, folder in folders]}
+
+
+def scenario_runner_resume(results: dict, workdir: Path):
+    """Resume the 2-rank runner checkpoint on this many ranks: another sparsity is refused; with the
+    newest epoch's gsparse shard truncated, the previous epoch is loaded, without its ZeRO-2
+    optimizer state (another world size), and the logs have one row per epoch."""
+    from gsparse.training import RunConfig, train as run_training
+    from gsparse.training.runner import ResumeMismatch
+    from tests.test_training import RIGL, ToyTask
+
+    run_dir = workdir / "runner-elastic"
+    entry = {}
+    try:
+        run_training(ToyTask(batch_size=32), RunConfig(epochs=4, recipe={**RIGL, "sparsity": 0.5}, resume=True,
+                                                       deepspeed_config=RUNNER_ZERO2, run_dir=str(run_dir),
+                                                       progress=False, log=lambda line: None))
+    except ResumeMismatch as error:
+        entry["mismatch"] = str(error)
+    shard = run_dir / "checkpoints" / "epoch3" / "gsparse" / "rank00001-of-00002.pt"
+    if dist.get_rank() == 0:
+        shard.write_bytes(shard.read_bytes()[:64])
+    dist.barrier()
+    lines = []
+    metrics = run_training(ToyTask(batch_size=32), RunConfig(epochs=4, recipe=RIGL, resume=True,
+                                                             deepspeed_config=RUNNER_ZERO2, run_dir=str(run_dir),
+                                                             progress=False, log=lines.append))
+    entry.update({"resumed_from": metrics["resumed_from"], "optimizer_state_restored": metrics["optimizer_state_restored"],
+                  "not_loaded": [line for line in lines if "is not loaded" in line],
+                  "optimizer_line": [line for line in lines if "optimizer starts afresh" in line],
+                  "log_epochs": [json.loads(line)["epoch"] for line in (run_dir / "log.jsonl").read_text().splitlines()],
+                  "update_steps": [json.loads(line)["step"]
+                                   for line in (run_dir / "updates.jsonl").read_text().splitlines()],
+                  "folders": sorted(path.name for path in (run_dir / "checkpoints").iterdir())})
+    results[f"runner_checkpoints/resumed_on_{dist.get_world_size()}"] = entry
+    log("runner_checkpoints", entry)
+
+
 def scenario_fp16_overflow(results: dict):
     """An overflow-skipped fp16 step is no step: no mask update, no count (DeepSpeed's loss scaler)."""
     dtype = "fp16"
@@ -682,6 +740,10 @@ def main():
             scenario_refusals(results)
         elif scenario == "reshard_save":
             scenario_reshard_save(results, workdir)
+        elif scenario == "runner_save":
+            scenario_runner_save(results, workdir)
+        elif scenario == "runner_resume":
+            scenario_runner_resume(results, workdir)
         elif scenario.startswith("reshard_load_from_"):
             scenario_reshard_load(results, workdir, int(scenario.rsplit("_", 1)[1]))
         else:

@@ -17,7 +17,7 @@ from typing import Mapping
 
 import yaml
 
-from gsparse.tasks.graphs.io import FORMAT_ALIASES, FORMATS, TemporalEdges, load_edges, remap_nodes
+from gsparse.tasks.graphs.io import FORMAT_ALIASES, FORMATS, TemporalEdges, load_edges
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"  # package data: found wherever gsparse is installed
 
@@ -167,10 +167,10 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | 
         if columns is not None or canonical not in ("auto", FORMAT_ALIASES.get(card.format, card.format)):
             raise ValueError(f"dataset '{card.name}' is read in its card's format ({card.format}); "
                              f"format= and columns= apply to a file path")
-        edges = load_edges(card.locate(data_dir), format=card.format)
+        edges = load_edges(card.locate(data_dir), format=card.format, remap=remap)
         if check_counts:
-            check_dataset_counts(card, edges)
-        return remap_nodes(edges) if remap else edges
+            check_dataset_counts(card, edges)  # counts max id + 1 of the original ids, remapped or not
+        return edges
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         raise DatasetError(f"'{name_or_path}' is neither a known dataset ({', '.join(sorted(cards))}) "

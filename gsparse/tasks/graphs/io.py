@@ -109,6 +109,10 @@ _INT64_MAX = np.iinfo(np.int64).max
 _FLOAT_EXACT_INT = 2 ** 53  # float64 holds every integer up to this exactly
 _SHOWN_LINE_CHARS = 200
 _ROLE_OF_COLUMN = {"src": "src", "dst": "dst", "ts": "time", "weight": "weight"}
+# Ids kept as in the file make num_nodes = max id + 1, and the model allocates per-node tables of
+# that size: ids this sparse (max id + 1 > 10 x distinct ids + 1e6, e.g. hashes) need remap=True.
+_SPARSE_IDS_FACTOR = 10
+_SPARSE_IDS_SLACK = 1_000_000
 
 
 class GraphFormatError(ValueError):
@@ -211,6 +215,8 @@ def load_edges(path: str | os.PathLike, format: str = "auto", remap: bool = Fals
         raise
     values = _read_columns(path, layout, preamble)
     _check_edge_count(path, preamble, len(values[0]))
+    if not remap:
+        _refuse_sparse_ids(path, layout, preamble, values)
     return _edges_from_columns(path, preamble, values, remap)
 
 
@@ -273,6 +279,43 @@ def _check_edge_count(path: Path, preamble: _Preamble, found: int) -> None:
     raise GraphFormatError(path, f"the {preamble.size_kind} declares {declared} edges, but the file has {found} "
                                  f"edge lines (a truncated or partial copy?)",
                            preamble.size_line_number, preamble.size_line)
+
+
+def _refuse_sparse_ids(path: Path, layout: _Layout, preamble: _Preamble, values: list[np.ndarray]) -> None:
+    """A GraphFormatError naming the line of the largest id when the ids are too sparse to keep as
+    they are (see ``_SPARSE_IDS_FACTOR``)."""
+    src, dst = values[preamble.roles["src"]], values[preamble.roles["dst"]]
+    if len(src) == 0:
+        return
+    largest = int(max(src.max(), dst.max()))
+    if largest + 1 <= _SPARSE_IDS_FACTOR + _SPARSE_IDS_SLACK:  # never too sparse, whatever the distinct count
+        return
+    if largest < 16 * len(src):  # a bitmap no larger than the columns themselves
+        present = np.zeros(largest + 1, dtype=bool)
+        present[src] = True
+        present[dst] = True
+        distinct = int(np.count_nonzero(present))
+    else:
+        distinct = len(np.unique(np.concatenate((src, dst))))
+    if largest + 1 <= _SPARSE_IDS_FACTOR * distinct + _SPARSE_IDS_SLACK:
+        return
+    edge = int(np.argmax(src)) if src.max() == largest else int(np.argmax(dst))
+    number, line = _edge_line(path, layout, preamble, edge)
+    raise GraphFormatError(path, f"node id {largest} would make num_nodes = max id + 1 = {largest + 1:,} for only "
+                                 f"{distinct:,} distinct node ids (per-node tables that large); load it with "
+                                 "remap=True (--remap) to number the ids 0..n-1", number, line)
+
+
+def _edge_line(path: Path, layout: _Layout, preamble: _Preamble, edge: int) -> tuple[int | None, bytes | None]:
+    """The line number and line of edge ``edge`` (0-based, in file order)."""
+    seen = 0
+    with closing(_numbered_lines(path)) as lines:
+        for number, line in lines:
+            if number >= preamble.first_data_line and _content(line, layout.comments):
+                if seen == edge:
+                    return number, line
+                seen += 1
+    return None, None
 
 
 def _with_format_hint(error: GraphFormatError, path: Path, format: str) -> GraphFormatError:

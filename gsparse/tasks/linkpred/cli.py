@@ -51,6 +51,8 @@ HELP = {
     "threads": "intra-op threads per rank (default: usable cores / ranks on this node)",
     "progress": "a progress bar per epoch",
     "resume": "continue from the run folder's last checkpoint",
+    "resume_anyway": "with --resume: resume although the checkpoint was trained on other data (its task/dataset "
+                     "fingerprint differs); a different method, sparsity, recipe or sparse layers is never resumed",
     "deterministic": "deterministic torch kernels: bitwise-repeatable runs and resumes",
     "accumulation_steps": "micro-batches per optimizer step (default 1; under DeepSpeed the config's "
                           "gradient_accumulation_steps)",
@@ -70,7 +72,10 @@ def config_from_args(args: argparse.Namespace) -> LinkPredConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gsparse.deepspeed.compat import UnsupportedLayout
+    from gsparse.deepspeed.config import DeepSpeedConfigError
     from gsparse.tasks.graphs import DatasetError, GraphFormatError
+    from gsparse.tasks.linkpred.split import NegativeSamplingError
     from gsparse.options import RecipeError
     from gsparse.training import TrainingDiverged
 
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"train_linkpred: error: training diverged: {error}", file=sys.stderr)
         return 3
-    except (RecipeError, DatasetError, GraphFormatError, FileNotFoundError, ValueError) as error:
+    except (RecipeError, DeepSpeedConfigError, UnsupportedLayout, DatasetError, GraphFormatError,
+            NegativeSamplingError, FileNotFoundError, ValueError) as error:
         print(f"train_linkpred: error: {error}", file=sys.stderr)
         return 2
     return 0

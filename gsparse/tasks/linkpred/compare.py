@@ -56,7 +56,8 @@ class CompareSettings(GridSettings):
             raise CompareError(f"options: {error}") from None
 
 
-_CELL_KEYS = ("dataset", "features", "epochs", "batch_size", "lr", "recipe", "seed", "run_dir", "progress", "resume")
+_CELL_KEYS = ("dataset", "features", "epochs", "batch_size", "lr", "recipe", "seed", "run_dir", "progress", "resume",
+              "resume_anyway")
 
 
 def parse_options(options: list) -> dict:
@@ -93,7 +94,7 @@ class LinkPredStudy:
 
     def __init__(self, settings: CompareSettings):
         self.settings = settings
-        self.name = settings.dataset
+        self.name = harness.folder_name(settings.dataset)  # a dataset file: its stem, not its path
 
     def steps_per_epoch(self, seeds: list[int], settings: GridSettings) -> dict[int, int]:
         """Optimizer steps per epoch for each seed's split (no training)."""
@@ -118,7 +119,7 @@ class LinkPredStudy:
                 f"{'on' if config.pair_features else 'off'}), protocol {config.protocol}, {config.negatives} "
                 f"negatives, {config.eval_links} links, batch {s.batch_size}, lr {s.lr}{options}, update interval "
                 f"{s.update_interval}, DST-EE c = {harness._num(s.c)}. Sparsity of the two fully connected layers "
-                f"(`predictor.fc1`, `predictor.fc2`, uniform).")
+                f"(`predictor.fc1`, `predictor.fc2`, {s.distribution}).")
 
 
 def steps_per_epoch(dataset: str, seeds: list[int], batch_size: int, **options) -> dict[int, int]:
@@ -215,6 +216,9 @@ def baselines_section(plan: Plan, dataset_dir: Path, settings: CompareSettings) 
                 group = cells.get((method, 0.0 if method == "dense" else sparsity), [])
                 values = [m[key] for m in group if key in m]
                 text = _mean_std(values)
+                reached = [m["final_sparsity"] for m in group if m.get("final_sparsity") is not None]
+                if method != "dense" and reached and abs(statistics.fmean(reached) - sparsity) > 0.005:
+                    text += f" (at {100 * statistics.fmean(reached):.1f}% sparsity)"
                 if values and statistics.fmean(values) <= best[key][1]:
                     text += " *"
                     below.append(f"{method} {harness._num(100 * sparsity)}% ({label})")
@@ -247,13 +251,16 @@ def settings_from_args(args: argparse.Namespace) -> CompareSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gsparse.options import RecipeError
     from gsparse.tasks.graphs import DatasetError, GraphFormatError
+    from gsparse.tasks.linkpred.split import NegativeSamplingError
 
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
         results = run_comparison(settings, only_table=args.only_table, quiet=args.quiet)
-    except (CompareError, DatasetError, GraphFormatError, FileNotFoundError, ValueError) as error:
+    except (CompareError, RecipeError, DatasetError, GraphFormatError, NegativeSamplingError, FileNotFoundError,
+            ValueError) as error:
         print(f"compare: error: {error}", file=sys.stderr)
         return 2
     return harness.report(results, settings, LinkPredStudy(settings))

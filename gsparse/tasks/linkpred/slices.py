@@ -39,6 +39,7 @@ from gsparse.tasks.linkpred.split import (_fraction_count, _validate_edges, cont
 PROTOCOLS = ("chronological", "paper", "random")
 NEGATIVE_STRATEGIES = ("random", "historical")
 EVAL_LINKS = ("all", "new")
+MIN_EVAL_POSITIVES = 10  # a validation or test slice with fewer has no meaningful accuracy / AUC (none: NaN)
 
 
 @dataclass(eq=False)
@@ -133,12 +134,25 @@ def chronological_split(src, dst, time, num_nodes: int, seed: int, negatives: st
         slices.append(build_slice(name, edges[:start], edges[start:end], num_nodes, rng, negatives,
                                   new_links_only=eval_links == "new", ranking_negatives=ranking_negatives,
                                   time_range=(times[start].item(), times[end - 1].item())))
+        if name in ("val", "test"):
+            fraction = val_fraction if name == "val" else test_fraction
+            _require_positives(name, len(slices[-1].positives), end - start,
+                               f"a larger graph or a larger {name}_fraction (now {fraction})"
+                               + (", or eval_links=all" if eval_links == "new" else ""))
     info = {"protocol": "chronological", "seed": seed, "negatives": negatives, "eval_links": eval_links,
             "val_fraction": val_fraction, "test_fraction": test_fraction, "train_windows": train_windows,
             "ranking_negatives": ranking_negatives, "slice_edges": bounds,
             "slice_times": {s.name: list(s.time_range) for s in slices},
             "positives": {s.name: len(s.positives) for s in slices}}
     return SlicedSplit(train=slices[:-2], val=slices[-2], test=slices[-1], num_nodes=num_nodes, info=info)
+
+
+def _require_positives(name: str, positives: int, edges: int | None, remedy: str) -> None:
+    """Refuse an evaluation slice with fewer than :data:`MIN_EVAL_POSITIVES` pairs to score."""
+    if positives < MIN_EVAL_POSITIVES:
+        source = "" if edges is None else f" (from {edges} edge(s))"
+        raise ValueError(f"slice '{name}' has {positives} pair(s) to score{source}; at least {MIN_EVAL_POSITIVES} "
+                         f"are needed for its metrics: use {remedy}")
 
 
 def _time_boundary(times: np.ndarray, position: int) -> int:
@@ -212,6 +226,8 @@ def _ranking_negatives(positives, known_keys, historical_keys, num_nodes, width,
 def _from_link_split(split, protocol: str, seed: int, ranking_width: int) -> SlicedSplit:
     """The ``paper`` and ``random`` protocols: every slice scored from the training positives."""
     num_nodes = split.num_nodes
+    for name in ("test", "val"):
+        _require_positives(name, len(getattr(split, f"{name}_pos")), None, f"a larger graph (protocol '{protocol}')")
     everything = np.concatenate([split.train_pos, split.val_pos, split.test_pos])
     known = sorted_unique(pair_keys(everything[:, 0], everything[:, 1], num_nodes))
     rng = np.random.default_rng([seed, 1])

@@ -175,3 +175,8 @@ class LinkPredTask(TaskBase):
         if self.baselines is not None:
             summary["baselines"] = self.baselines
         return summary
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The graph and how it was split (a resumed run must train on the same slices)."""
+        return {"name": self.name, "batch_size": self.batch_size, "dataset": self.config.dataset,
+                "num_nodes": self.split.num_nodes, "num_edges": len(self.edges), "split": self.split.info}

@@ -27,6 +27,8 @@ _HELP = {
     "seed": "seed of the initial weights, the augmentation and the batch order",
     "progress": "a progress bar per epoch",
     "resume": "continue from the run folder's last checkpoint",
+    "resume_anyway": "with --resume: resume although the checkpoint was trained on other data (its task/dataset "
+                     "fingerprint differs); a different method, sparsity, recipe or sparse layers is never resumed",
     "max_nonfinite_steps": "optimizer steps in a row with a non-finite loss before the run stops as diverged",
     "deterministic": "deterministic torch kernels: bitwise-repeatable runs and resumes",
 }
@@ -39,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gsparse.deepspeed.compat import UnsupportedLayout
+    from gsparse.deepspeed.config import DeepSpeedConfigError
     from gsparse.options import RecipeError
+    from gsparse.tasks.vision.data import DatasetLayoutError
     from gsparse.training import TrainingDiverged, shutdown_distributed
 
     args = build_parser().parse_args(argv)
@@ -49,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"train_cnn: error: training diverged: {error}", file=sys.stderr)
         return 3
-    except (RecipeError, FileNotFoundError, ValueError) as error:
+    except (RecipeError, DeepSpeedConfigError, UnsupportedLayout, DatasetLayoutError, FileNotFoundError,
+            ValueError) as error:
         print(f"train_cnn: error: {error}", file=sys.stderr)
         return 2
     return 0

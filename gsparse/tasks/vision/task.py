@@ -182,3 +182,8 @@ class VisionTask(TaskBase):
 
     def summary(self) -> dict[str, Any]:
         return {"dataset": self.config.dataset, "model": self.config.model, "num_classes": self.num_classes}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The data and model a resumed run must continue (the seed draws the digits split)."""
+        return {"name": self.name, "batch_size": self.batch_size, "dataset": self.config.dataset,
+                "model": self.config.model, "num_classes": self.num_classes, "seed": self.config.seed}

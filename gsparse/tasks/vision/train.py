@@ -43,6 +43,7 @@ class VisionConfig:
     seed: int = 0
     progress: bool = True
     resume: bool = False
+    resume_anyway: bool = False  # resume although the checkpoint's data fingerprint differs
     max_nonfinite_steps: int = 20
     deterministic: bool = True
 
@@ -67,8 +68,8 @@ def train_image_classifier(config: VisionConfig) -> dict:
 
     run = RunConfig(epochs=config.epochs, run_dir=config.run_dir, recipe=config.recipe,
                     deepspeed_config=config.deepspeed_config, accumulation_steps=config.accumulation_steps,
-                    resume=config.resume, progress=config.progress, max_nonfinite_steps=config.max_nonfinite_steps,
-                    deterministic=config.deterministic)
+                    resume=config.resume, resume_anyway=config.resume_anyway, progress=config.progress,
+                    max_nonfinite_steps=config.max_nonfinite_steps, deterministic=config.deterministic)
     metrics = train(VisionTask(config), run, extra_metrics={"config": asdict(config)})
     if _is_rank_zero():
         split = "val" if config.dataset == "digits" else "test"
