@@ -114,7 +114,7 @@ def number(minimum: float | None = None, maximum: float | None = None, *, min_op
     allowed = f"a number in {low}{'-inf' if minimum is None else minimum}, {'inf' if maximum is None else maximum}{high}"
 
     def check(key: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise RecipeError(key, f"expected {allowed}, got {value!r}")
         if minimum is not None and (value < minimum or (min_open and value == minimum)):
             raise RecipeError(key, f"expected {allowed}, got {value!r}")
@@ -123,6 +123,13 @@ def number(minimum: float | None = None, maximum: float | None = None, *, min_op
         return float(value)
 
     return check
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range (YAML reads 400 digits as an int)
+        return False
 
 
 def integer(minimum: int | None = None) -> Check:

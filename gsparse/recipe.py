@@ -261,6 +261,8 @@ def _load_yaml(text: str, where: str):
         return loader.get_single_data()
     except yaml.YAMLError as error:
         raise RecipeError("<file>", f"{where}: not valid YAML: {error}") from None
+    except RecursionError:
+        raise RecipeError("<file>", f"{where}: nested too deeply to be a recipe") from None
     finally:
         loader.dispose()
 

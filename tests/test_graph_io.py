@@ -450,3 +450,8 @@ def test_unsure_detection_says_what_it_saw_and_the_choices(tmp_path):
     message = format_error(write(tmp_path, "g.txt", "# c\n1 2 3 4 5\n"))
     assert "line 2" in message and "5 columns on the first data line" in message
     assert "format= one of snap, konect, csv, networkrepository, mtx" in message
+
+
+def test_a_folder_is_not_an_edge_list(tmp_path):
+    with pytest.raises(GraphFormatError, match="is a folder, not an edge-list file"):
+        load_edges(tmp_path)

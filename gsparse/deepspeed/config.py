@@ -118,11 +118,15 @@ def _free_port() -> int:
 def _read(path: str | os.PathLike) -> dict:
     source = str(path)
     file = Path(path)
-    if not file.is_file():
+    try:
+        is_file = file.is_file()
+    except OSError:  # e.g. a name too long to be a path (it may still be base64 JSON)
+        is_file = False
+    if not is_file:
         decoded = _base64_json(source) if isinstance(path, str) else None
         if decoded is not None:
             return decoded
-        what = "is a directory, not a JSON file" if file.is_dir() else "no such file"
+        what = "is a directory, not a JSON file" if _is_dir(file) else "no such file"
         raise DeepSpeedConfigError(source, None, what)
     try:
         text = file.read_text()
@@ -133,9 +137,18 @@ def _read(path: str | os.PathLike) -> dict:
     except json.JSONDecodeError as error:
         raise DeepSpeedConfigError(source, None, f"line {error.lineno}, column {error.colno}: not valid JSON: "
                                                  f"{error.msg}") from None
+    except RecursionError:
+        raise DeepSpeedConfigError(source, None, "nested too deeply to be a DeepSpeed config") from None
     except _DuplicateKey as duplicate:
         raise DeepSpeedConfigError(source, duplicate.key, "is given twice in one object (DeepSpeed refuses "
                                                           "duplicate keys); keep one") from None
+
+
+def _is_dir(file: Path) -> bool:
+    try:
+        return file.is_dir()
+    except OSError:
+        return False
 
 
 class _DuplicateKey(Exception):

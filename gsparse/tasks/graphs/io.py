@@ -396,6 +396,8 @@ def _open(path: Path, text: bool = False) -> IO:
             compressed = handle.read(2) == b"\x1f\x8b"
     except FileNotFoundError:
         raise FileNotFoundError(f"graph file not found: {path}") from None
+    except IsADirectoryError:
+        raise GraphFormatError(path, "is a folder, not an edge-list file") from None
     opener = gzip.open if compressed else open
     # newline="\n": lines end where the binary rescan ends them, so skiprows and line numbers agree.
     return opener(path, "rt", encoding="latin-1", newline="\n") if text else opener(path, "rb")
