@@ -701,9 +701,15 @@ def _figure():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from cycler import cycler
+    from matplotlib import colormaps
+
     figure = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(figure)  # the Agg backend, without touching pyplot's global state
-    return figure, figure.add_subplot()
+    axes = figure.add_subplot()
+    # 20 distinct colours: the default cycle repeats after 10 and a grid has up to 13 methods
+    axes.set_prop_cycle(cycler(color=colormaps["tab20"].colors))
+    return figure, axes
 
 
 def _save(figure, axes, path: Path, has_data: bool, integer_x: bool = False) -> None:
