@@ -147,11 +147,12 @@ def file_problem(path: Path, expected: dict) -> str | None:
     return None
 
 
-def write_json_atomic(path: str | Path, values: dict) -> None:
+def write_json_atomic(path: str | Path, values: dict, sort_keys: bool = False) -> None:
+    """Write ``values`` as JSON to a temporary file, sync it, then rename it over ``path``."""
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "w") as output:
-        output.write(json.dumps(values, indent=1, sort_keys=True, default=str))
+        output.write(json.dumps(values, indent=1, sort_keys=sort_keys, default=str))
         output.flush()
         os.fsync(output.fileno())
     os.replace(temporary, path)
@@ -191,7 +192,7 @@ def save_plain(run_dir: str | Path, state: dict, record: dict, keep: dict | None
     entry = {**record, "file": PLAIN_NEWEST, **describe_files(run_dir, [temporary.name])[temporary.name]}
     manifest, _ = read_manifest(run_dir / PLAIN_MANIFEST)
     listed = (manifest or {}).get("checkpoints", [])
-    write_json_atomic(run_dir / PLAIN_MANIFEST, {"format": _FORMAT, "checkpoints": listed + [entry]})
+    write_json_atomic(run_dir / PLAIN_MANIFEST, {"format": _FORMAT, "checkpoints": listed + [entry]}, sort_keys=True)
     kept = None
     if keep is not None and keep["file"] == PLAIN_NEWEST and newest.is_file():
         os.replace(newest, previous)
@@ -199,7 +200,8 @@ def save_plain(run_dir: str | Path, state: dict, record: dict, keep: dict | None
     elif keep is not None and keep["file"] == PLAIN_PREVIOUS and previous.is_file():
         kept = keep
     os.replace(temporary, newest)
-    write_json_atomic(run_dir / PLAIN_MANIFEST, {"format": _FORMAT, "checkpoints": [e for e in (kept, entry) if e]})
+    write_json_atomic(run_dir / PLAIN_MANIFEST, {"format": _FORMAT, "checkpoints": [e for e in (kept, entry) if e]},
+                      sort_keys=True)
     if kept is None and previous.exists():
         previous.unlink()  # an earlier run's, or not intact
     return entry
@@ -272,7 +274,7 @@ def folder_files(folder: str | Path) -> list[str]:
 
 
 def write_folder_manifest(folder: str | Path, record: dict, files: dict[str, dict]) -> None:
-    write_json_atomic(Path(folder) / MANIFEST, {"format": _FORMAT, **record, "files": files})
+    write_json_atomic(Path(folder) / MANIFEST, {"format": _FORMAT, **record, "files": files}, sort_keys=True)
 
 
 def folder_problems(folder: str | Path, manifest: dict, names: list[str]) -> list[str]:

@@ -666,12 +666,6 @@ def _best(history: list[dict], key: str, mode: str) -> dict:
     return max(at_target or history, key=score)
 
 
-def _write_json(path: Path, values: dict) -> None:
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(values, indent=1, default=str))
-    os.replace(temporary, path)
-
-
 def train(task, config: RunConfig, extra_metrics: dict | None = None) -> dict:
     """Train ``task`` as ``config`` says; returns the metrics (also in ``run_dir/metrics.json``).
 
@@ -760,7 +754,7 @@ def _train(task, config: RunConfig, extra_metrics: dict | None, threads: int) ->
             trainer.save(run_dir, epoch, history)
     except TrainingDiverged as error:
         if distributed.rank == 0:
-            _write_json(run_dir / "metrics.json", {
+            checkpoint.write_json_atomic(run_dir / "metrics.json", {
                 **base, "status": "diverged", "error": str(error), "epoch": epoch, "epochs": config.epochs,
                 "nonfinite_steps": state["nonfinite_steps"], "world_size": distributed.world_size,
                 "seconds": round(time.time() - started, 1), **(extra_metrics or {})})
@@ -787,7 +781,7 @@ def _train(task, config: RunConfig, extra_metrics: dict | None, threads: int) ->
                "seconds": round(time.time() - started, 1), "nonfinite_steps": state["nonfinite_steps"], **target,
                **_counts(trainer, task, state, total_steps, context), **(extra_metrics or {})}
     if distributed.rank == 0:
-        _write_json(run_dir / "metrics.json", metrics)
+        checkpoint.write_json_atomic(run_dir / "metrics.json", metrics)
     distributed.barrier()  # every rank leaves once the results are written
     return metrics
 

@@ -20,12 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: 
 RECIPE = {"method": "rigl", "sparsity": 0.75, "distribution": "uniform",
           "params": {"include": ["0.weight", "3.weight"]},
           "schedule": {"update_interval": 2, "drop_fraction": 0.3, "last_update_step": 18}}
-ZERO2 = {"gradient_accumulation_steps": 1, "steps_per_print": 10 ** 6, "zero_allow_untested_optimizer": True,
-         "zero_optimization": {"stage": 2}}
 
 
 def main() -> None:
     from gsparse.training import RunConfig, shutdown_distributed, train
+    from tests.distributed.failing_method import ZERO2
     from tests.test_training import ToyTask
 
     class SlowToyTask(ToyTask):

@@ -12,8 +12,6 @@ runner's (:mod:`gsparse.training`); the task is :class:`gsparse.tasks.linkpred.t
 """
 from __future__ import annotations
 
-import json
-import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -203,6 +201,7 @@ def train_link_prediction(config: LinkPredConfig) -> dict:
 
 def _report(config: LinkPredConfig, metrics: dict) -> None:
     """Print the result beside the no-learning baselines, with a plain verdict (also in metrics.json)."""
+    from gsparse.checkpoint import write_json_atomic
     from gsparse.tasks.linkpred.evaluation import format_baselines, verdict
 
     path = Path(config.run_dir) / "metrics.json"
@@ -214,9 +213,7 @@ def _report(config: LinkPredConfig, metrics: dict) -> None:
         metrics.update(verdict(metrics, baselines))
         print("no-learning baselines on the same test slice:\n" + format_baselines(baselines), flush=True)
         print(metrics["baseline_verdict"], flush=True)
-        temporary = path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(metrics, indent=1, default=str))
-        os.replace(temporary, path)
+        write_json_atomic(path, metrics)
 
 
 def _is_rank_zero() -> bool:
