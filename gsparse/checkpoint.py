@@ -39,7 +39,8 @@ def save_shard(engine: SparseEngine, directory: str | Path, rank: int, world_siz
     return path
 
 
-def _list_shards(directory: Path) -> list[Path]:
+def list_shards(directory: Path) -> list[Path]:
+    """The complete set of ``rank*-of-*.pt`` files in ``directory``, in rank order."""
     shards = sorted((p for p in directory.glob("rank*-of-*.pt")), key=lambda p: int(_SHARD_NAME.search(p.name)[1]))
     if not shards:
         raise FileNotFoundError(f"no gsparse shard files (rank*-of-*.pt) in {directory}")
@@ -47,6 +48,22 @@ def _list_shards(directory: Path) -> list[Path]:
     if len(world_sizes) != 1 or len(shards) != world_sizes.pop():
         raise ValueError(f"{directory} holds an incomplete or mixed set of shard files: {[p.name for p in shards]}")
     return shards
+
+
+def shard_world_size(directory: str | Path) -> int | None:
+    """The world size that wrote the shard files in ``directory`` (``None``: there are none)."""
+    found = [_SHARD_NAME.search(p.name) for p in Path(directory).glob("rank*-of-*.pt")]
+    sizes = {int(match[2]) for match in found if match}
+    return max(sizes) if sizes else None
+
+
+def overlap(start: int, length: int, other_start: int, other_length: int) -> tuple[slice, slice] | None:
+    """Where two ranges of one flattened parameter overlap: (slice of the first, slice of the
+    second), or ``None``."""
+    begin, end = max(start, other_start), min(start + length, other_start + other_length)
+    if end <= begin:
+        return None
+    return slice(begin - start, end - start), slice(begin - other_start, end - other_start)
 
 
 def load_shards(engine: SparseEngine, directory: str | Path, rank: int, world_size: int) -> None:
@@ -60,7 +77,7 @@ def load_shards(engine: SparseEngine, directory: str | Path, rank: int, world_si
                for name, layer in ((layer.spec.name, layer) for layer in engine.layers)):
             engine.load_state_dict(state)
             return
-    engine.load_state_dict(_reshard(engine, _list_shards(directory)))
+    engine.load_state_dict(_reshard(engine, list_shards(directory)))
 
 
 def _reshard(engine: SparseEngine, shards: list[Path]) -> dict:
@@ -85,14 +102,13 @@ def _reshard(engine: SparseEngine, shards: list[Path]) -> dict:
             for key in keys[name]:
                 if key not in restored[name]:
                     restored[name][key] = torch.zeros(layer.mask.numel(), dtype=saved[key].dtype)
-            begin = max(layer.start, saved["start"])
-            end = min(layer.start + layer.mask.numel(), saved["start"] + saved["mask"].numel())
-            if end <= begin:
+            ranges = overlap(layer.start, layer.mask.numel(), saved["start"], saved["mask"].numel())
+            if ranges is None:
                 continue
-            mine, theirs = slice(begin - layer.start, end - layer.start), slice(begin - saved["start"], end - saved["start"])
+            mine, theirs = ranges
             for key in keys[name]:
                 restored[name][key][mine] = saved[key][theirs]
-            covered[name] += end - begin
+            covered[name] += mine.stop - mine.start
         del state
     short = [name for name, layer in pieces.items() if covered[name] != layer.mask.numel()]
     if short:

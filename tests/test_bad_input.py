@@ -125,6 +125,27 @@ def test_gsparse_initialize_checks_the_config_before_deepspeed_builds_anything(t
     assert not torch.distributed.is_initialized()  # refused before any process group
 
 
+
+def test_deepspeed_universal_loading_is_refused_with_the_route_that_works():
+    import gsparse.deepspeed as gds
+
+    with pytest.raises(gds.UnsupportedLayout, match=r"checkpoint.load_universal is not needed with gsparse, which "
+                                                    r"reshards its checkpoints itself: engine.load_checkpoint\(dir\)"):
+        gds.check_config({"zero_optimization": {"stage": 2}, "checkpoint": {"load_universal": True}})
+    gds.check_config({"zero_optimization": {"stage": 2}, "checkpoint": {"load_universal": False}})
+
+
+def test_collective_timeout_is_checked_before_training(monkeypatch):
+    with pytest.raises(ValueError, match="collective_timeout: expected a positive number of seconds, got -1"):
+        RunConfig(collective_timeout=-1)
+    monkeypatch.setenv("GSPARSE_COLLECTIVE_TIMEOUT", "ten")
+    with pytest.raises(ValueError, match=r"\$GSPARSE_COLLECTIVE_TIMEOUT: expected a number of seconds, got 'ten'"):
+        RunConfig()
+    monkeypatch.setenv("GSPARSE_COLLECTIVE_TIMEOUT", "2.5")
+    from gsparse.training.watchdog import resolve_timeout
+
+    assert resolve_timeout() == 2.5 and resolve_timeout(7) == 7.0
+
 # ---- 3. --deepspeed_config without a launcher -----------------------------------------------------------
 
 def test_a_launcher_environment_is_left_to_the_launcher(monkeypatch):

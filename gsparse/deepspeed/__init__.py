@@ -16,7 +16,6 @@ single-process run's.
 from __future__ import annotations
 
 import inspect
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,6 +28,7 @@ from gsparse.deepspeed.backends import PartitionedGroupsBackend, ReplicatedMaste
 from gsparse.deepspeed.compat import TESTED_TEXT, UnsupportedLayout, check_version, installed_version
 from gsparse.deepspeed.config import (DeepSpeedConfigError, check_shape, config_source, ensure_process_group,
                                       load_deepspeed_config)
+from gsparse.deepspeed.elastic import wrap_checkpointing
 from gsparse.engine import SparseEngine
 from gsparse.forward import add_to_optimizer, install_forward_transforms, layer_parameters_of, prepare_model
 from gsparse.params import sparse_param_specs
@@ -66,7 +66,7 @@ class DeepSpeedSparsifier(SparseState):
     """The sparse state of one DeepSpeed engine; see :func:`attach`."""
 
     def __init__(self, engine, recipe: str | Mapping[str, Any] | Recipe | None = None, *,
-                 total_steps: int | None = None, steps_per_epoch: int | None = None):
+                 total_steps: int | None = None, steps_per_epoch: int | None = None, elastic_checkpoints: bool = True):
         check_version()
         check_config(_config_dict(engine))
         if recipe is None:
@@ -85,7 +85,7 @@ class DeepSpeedSparsifier(SparseState):
         self._hooks = self.backend.install_step_hooks(self.engine)
         # after DeepSpeed's own forward hooks, so that ZeRO-3 has gathered the weights
         self._hooks += install_forward_transforms(engine.module, names, self.engine.method, layer_parameters)
-        self._wrap_checkpointing(engine)
+        wrap_checkpointing(engine, self.save, self.load, elastic=elastic_checkpoints)
 
     # ---- state --------------------------------------------------------------------------------
 
@@ -124,25 +124,6 @@ class DeepSpeedSparsifier(SparseState):
         rank, world_size, _ = self._shard_owner()
         checkpoint.load_shards(self.engine, Path(checkpoint_dir) / _SHARD_FOLDER, rank, world_size)
 
-    def _wrap_checkpointing(self, engine) -> None:
-        save_checkpoint, load_checkpoint = engine.save_checkpoint, engine.load_checkpoint
-
-        def save_with_sparse_state(save_dir, tag=None, *args, **kwargs):
-            tag = str(tag) if tag is not None else f"global_step{engine.global_steps}"
-            # Our files first: DeepSpeed writes 'latest' last, so a crash never points to a
-            # checkpoint without its sparse state.
-            self.save(os.path.join(save_dir, tag))
-            return save_checkpoint(save_dir, tag, *args, **kwargs)
-
-        def load_with_sparse_state(load_dir, tag=None, *args, **kwargs):
-            load_path, client_state = load_checkpoint(load_dir, tag, *args, **kwargs)
-            if load_path is not None:
-                self.load(os.path.dirname(load_path))
-            return load_path, client_state
-
-        engine.save_checkpoint = save_with_sparse_state
-        engine.load_checkpoint = load_with_sparse_state
-
 
 def check_config(config: Mapping[str, Any], source: str = "<dict>") -> None:
     """Refuse DeepSpeed options gsparse cannot honour, before DeepSpeed builds anything (a section of
@@ -158,6 +139,11 @@ def check_config(config: Mapping[str, Any], source: str = "<dict>") -> None:
         if device not in (None, "none"):
             raise UnsupportedLayout(f"zero_optimization.{key} (device '{device}') is not supported by gsparse; "
                                     "remove it or set its device to 'none'")
+    if (config.get("checkpoint") or {}).get("load_universal"):
+        raise UnsupportedLayout("checkpoint.load_universal is not needed with gsparse, which reshards its checkpoints "
+                                "itself: engine.load_checkpoint(dir) at another world size restores weights, buffers, "
+                                "optimizer state and sparse state from the original checkpoint (no ds_to_universal "
+                                "step). Remove checkpoint.load_universal and load the original checkpoint folder")
 
 
 def _config_dict(engine) -> dict:
@@ -166,18 +152,24 @@ def _config_dict(engine) -> dict:
 
 
 def attach(engine, recipe: str | Mapping[str, Any] | Recipe | None = None, *, total_steps: int | None = None,
-           steps_per_epoch: int | None = None) -> DeepSpeedSparsifier:
+           steps_per_epoch: int | None = None, elastic_checkpoints: bool = True) -> DeepSpeedSparsifier:
     """Make ``engine``'s model sparse and keep it so: masks exact every step, updated on schedule.
 
     ``recipe`` defaults to the ``"gsparse"`` key of the engine's DeepSpeed config. A recipe with
     steps relative to the run (``"30%"``, ``auto``) needs ``total_steps`` (the run's optimizer
     steps) and, for ``auto`` epochs, ``steps_per_epoch`` (see ``Recipe.fit_to_run``).
+
+    ``engine.save_checkpoint`` / ``load_checkpoint`` then carry the sparse state too, and with
+    ``elastic_checkpoints`` (default) each rank's piece of the optimizer state, so that a ZeRO
+    checkpoint resumes at any world size with its optimizer state (see
+    :mod:`gsparse.deepspeed.elastic`; it costs a second copy of the optimizer state on disk).
     """
-    return DeepSpeedSparsifier(engine, recipe, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    return DeepSpeedSparsifier(engine, recipe, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                               elastic_checkpoints=elastic_checkpoints)
 
 
 def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, total_steps: int | None = None,
-               steps_per_epoch: int | None = None, **kwargs):
+               steps_per_epoch: int | None = None, elastic_checkpoints: bool = True, **kwargs):
     """``deepspeed.initialize`` plus :func:`attach`; returns DeepSpeed's tuple and the sparsifier.
 
     The DeepSpeed config (``config=``, or ``args.deepspeed_config``) is read with
@@ -212,7 +204,7 @@ def initialize(*args, recipe: str | Mapping[str, Any] | Recipe | None = None, to
             arguments["model_parameters"] = _with_parameters(arguments["model_parameters"], created, group)
     ensure_process_group()
     engine, optimizer, dataloader, scheduler = deepspeed.initialize(**arguments)
-    return engine, optimizer, dataloader, scheduler, attach(engine, recipe)
+    return engine, optimizer, dataloader, scheduler, attach(engine, recipe, elastic_checkpoints=elastic_checkpoints)
 
 
 def _with_parameters(model_parameters, created: list[torch.nn.Parameter], group: Mapping[str, Any]) -> list:

@@ -130,32 +130,67 @@ class FlatPartitionBackend(Backend):
                 self.optimizer.register_step_post_hook(after_step)]
 
 
+def partitioned_groups_layout(zero_optimizer, params: Sequence[torch.nn.Parameter]
+                              ) -> tuple[list[torch.Tensor], list[LocalPiece]]:
+    """ZeRO-1/2 and ``BF16_Optimizer``: the flat fp32 partitions and each parameter's piece on this rank."""
+    if hasattr(zero_optimizer, "single_partition_of_fp32_groups"):
+        flats, groups = zero_optimizer.single_partition_of_fp32_groups, zero_optimizer.bit16_groups
+    else:
+        _require(zero_optimizer, "fp32_groups_flat_partition", "bf16_groups")
+        flats, groups = zero_optimizer.fp32_groups_flat_partition, zero_optimizer.bf16_groups
+    group_of = {id(p): index for index, group in enumerate(groups) for p in group}
+    pieces = []
+    for param in params:
+        if id(param) not in group_of:
+            raise UnsupportedLayout("a sparse parameter is not in any ZeRO parameter group (frozen?)")
+        mapping = getattr(param, "_hp_mapping", None)
+        if mapping is None:  # nothing of this parameter on this rank
+            pieces.append(LocalPiece(group_of[id(param)], 0, 0, 0))
+        else:
+            pieces.append(LocalPiece(group_of[id(param)], mapping.hp_fragment_address.start,
+                                     mapping.lp_fragment_address.start, mapping.lp_fragment_address.numel))
+    return list(flats), pieces
+
+
+def stage3_layout(zero_optimizer, params: Sequence[torch.nn.Parameter]) -> tuple[list[torch.Tensor], list[LocalPiece]]:
+    """ZeRO-3: the fp32 sub-groups and each parameter's piece on this rank (rank ``r`` holds
+    elements ``[r*pn, (r+1)*pn)`` of every parameter, the last rank's tail being padding)."""
+    _require(zero_optimizer, "fp32_partitioned_groups_flat", "grad_position", "get_param_id", "dp_process_group")
+    rank = dist.get_rank(zero_optimizer.dp_process_group)
+    pieces = []
+    for param in params:
+        _require(param, "ds_tensor", "ds_numel")
+        sub_group, offset, partition_numel = zero_optimizer.grad_position[zero_optimizer.get_param_id(param)]
+        start = rank * partition_numel
+        length = max(0, min(partition_numel, param.ds_numel - start))
+        pieces.append(LocalPiece(int(sub_group), int(offset), min(start, param.ds_numel), length))
+    return list(zero_optimizer.fp32_partitioned_groups_flat), pieces
+
+
+def refresh_low_precision(zero_optimizer, sub_groups: Sequence[int] | None = None) -> None:
+    """Copy the fp32 partitions into the model's parameters (all groups, or the given ZeRO-3 sub-groups)."""
+    if not hasattr(zero_optimizer, "fp32_partitioned_groups_flat"):
+        zero_optimizer.update_lp_params()
+        return
+    with torch.no_grad():
+        for sub_group in range(len(zero_optimizer.fp32_partitioned_groups_flat)) if sub_groups is None else sub_groups:
+            zero_optimizer.fp16_partitioned_groups_flat[sub_group].copy_(
+                zero_optimizer.fp32_partitioned_groups_flat[sub_group])
+        if zero_optimizer.persistent_parameters:
+            zero_optimizer.persistent_parameters[0].all_gather(zero_optimizer.persistent_parameters)
+
+
 class PartitionedGroupsBackend(FlatPartitionBackend):
     """ZeRO-1/2 (``DeepSpeedZeroOptimizer``) and ``BF16_Optimizer``: one fp32 partition per group."""
 
     def __init__(self, zero_optimizer, params: Sequence[torch.nn.Parameter]):
-        if hasattr(zero_optimizer, "single_partition_of_fp32_groups"):
-            flats, groups = zero_optimizer.single_partition_of_fp32_groups, zero_optimizer.bit16_groups
-            if getattr(zero_optimizer, "round_robin_gradients", False):
-                raise UnsupportedLayout("zero_optimization.round_robin_gradients is not supported (its fragment "
-                                        "mapping is wrong in DeepSpeed 0.19); set it to false")
-            if getattr(zero_optimizer, "cpu_offload", False):
-                raise UnsupportedLayout("zero_optimization.offload_optimizer is not supported by gsparse")
-        else:
-            _require(zero_optimizer, "fp32_groups_flat_partition", "bf16_groups")
-            flats, groups = zero_optimizer.fp32_groups_flat_partition, zero_optimizer.bf16_groups
+        if getattr(zero_optimizer, "round_robin_gradients", False):
+            raise UnsupportedLayout("zero_optimization.round_robin_gradients is not supported (its fragment "
+                                    "mapping is wrong in DeepSpeed 0.19); set it to false")
+        if getattr(zero_optimizer, "cpu_offload", False):
+            raise UnsupportedLayout("zero_optimization.offload_optimizer is not supported by gsparse")
         _require(zero_optimizer, "update_lp_params", "optimizer", "dp_process_group")
-        group_of = {id(p): index for index, group in enumerate(groups) for p in group}
-        pieces = []
-        for param in params:
-            if id(param) not in group_of:
-                raise UnsupportedLayout("a sparse parameter is not in any ZeRO parameter group (frozen?)")
-            mapping = getattr(param, "_hp_mapping", None)
-            if mapping is None:  # nothing of this parameter on this rank
-                pieces.append(LocalPiece(group_of[id(param)], 0, 0, 0))
-            else:
-                pieces.append(LocalPiece(group_of[id(param)], mapping.hp_fragment_address.start,
-                                         mapping.lp_fragment_address.start, mapping.lp_fragment_address.numel))
+        flats, pieces = partitioned_groups_layout(zero_optimizer, params)
         super().__init__(zero_optimizer, flats, pieces, zero_optimizer.dp_process_group)
 
     def sync_weights(self) -> None:
@@ -163,24 +198,15 @@ class PartitionedGroupsBackend(FlatPartitionBackend):
 
 
 class Stage3Backend(FlatPartitionBackend):
-    """ZeRO-3: rank ``r`` holds elements ``[r*pn, (r+1)*pn)`` of every parameter (padded)."""
+    """ZeRO-3: every parameter split on its own across the ranks (see :func:`stage3_layout`)."""
 
     def __init__(self, zero_optimizer, params: Sequence[torch.nn.Parameter]):
-        _require(zero_optimizer, "fp32_partitioned_groups_flat", "fp16_partitioned_groups_flat", "grad_position",
-                 "get_param_id", "dp_process_group", "persistent_parameters")
+        _require(zero_optimizer, "fp16_partitioned_groups_flat", "persistent_parameters")
         if getattr(zero_optimizer, "offload_optimizer", False) or getattr(zero_optimizer, "offload_param", False):
             raise UnsupportedLayout("ZeRO-3 offload (optimizer or parameters) is not supported by gsparse")
-        rank = dist.get_rank(zero_optimizer.dp_process_group)
-        pieces = []
-        for param in params:
-            _require(param, "ds_tensor", "ds_numel")
-            sub_group, offset, partition_numel = zero_optimizer.grad_position[zero_optimizer.get_param_id(param)]
-            start = rank * partition_numel
-            length = max(0, min(partition_numel, param.ds_numel - start))  # the last rank's tail is padding
-            pieces.append(LocalPiece(int(sub_group), int(offset), min(start, param.ds_numel), length))
+        flats, pieces = stage3_layout(zero_optimizer, params)
         self._sub_groups_with_layers = sorted({piece.flat for piece in pieces})
-        super().__init__(zero_optimizer, zero_optimizer.fp32_partitioned_groups_flat, pieces,
-                         zero_optimizer.dp_process_group)
+        super().__init__(zero_optimizer, flats, pieces, zero_optimizer.dp_process_group)
 
     def read_scalars(self, params: Sequence[torch.nn.Parameter]) -> list[float]:
         # Outside forward a ZeRO-3 parameter may hold no data: its element lives in the
@@ -196,13 +222,8 @@ class Stage3Backend(FlatPartitionBackend):
         self.communicator.all_reduce_sum(values)
         return values.tolist()
 
-    @torch.no_grad()
     def sync_weights(self) -> None:
-        optimizer = self.zero_optimizer
-        for sub_group in self._sub_groups_with_layers:
-            optimizer.fp16_partitioned_groups_flat[sub_group].copy_(optimizer.fp32_partitioned_groups_flat[sub_group])
-        if optimizer.persistent_parameters:
-            optimizer.persistent_parameters[0].all_gather(optimizer.persistent_parameters)
+        refresh_low_precision(self.zero_optimizer, self._sub_groups_with_layers)
 
 
 class ReplicatedMasterBackend(TorchBackend):

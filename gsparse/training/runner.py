@@ -44,6 +44,7 @@ never evaluation results.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -67,6 +68,7 @@ from gsparse import checkpoint
 from gsparse.options import RecipeWarning
 from gsparse.training.flops import UseRecorder, forward_flops, training_flops
 from gsparse.training.task import RunContext, check_task
+from gsparse.training.watchdog import StepWatchdog, resolve_timeout
 
 
 class TrainingDiverged(RuntimeError):
@@ -98,6 +100,9 @@ class RunConfig:
     # torch threads per process; None: $GSPARSE_THREADS, else usable cores // local ranks, whatever
     # OMP_NUM_THREADS says (torchrun's default 1 would idle the cores; see resolve_threads)
     threads: int | None = None
+    # seconds a training step may wait for the other ranks before the rank stops (see
+    # gsparse.training.watchdog); None: $GSPARSE_COLLECTIVE_TIMEOUT, else 600
+    collective_timeout: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -110,6 +115,7 @@ class RunConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ValueError(f"threads: expected a positive integer or None, got {self.threads!r}")
+        resolve_timeout(self.collective_timeout)  # a bad value (or $GSPARSE_COLLECTIVE_TIMEOUT) fails here
 
 
 THREADS_ENV = "GSPARSE_THREADS"
@@ -155,14 +161,17 @@ def resolve_threads(threads: int | None = None) -> int:
 class _Distributed:
     """Rank bookkeeping; a single process is rank 0 of 1."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, timeout_s: float | None = None):
         self.enabled = enabled
         self.rank, self.world_size = 0, 1
         if enabled:
+            import datetime
+
             import deepspeed
             import torch.distributed as dist
 
-            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+            timeout = datetime.timedelta(seconds=resolve_timeout(timeout_s))
+            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
             self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
     def barrier(self):
@@ -271,6 +280,7 @@ class _Trainer:
         self._kept = None  # the checkpoint kept as the fallback at the next save (plain: its entry; DeepSpeed: epoch)
         self.optimizer_state_restored: bool | None = None  # after a resume
         self.resume_overridden: list[str] = []  # fingerprint fields resume_anyway let differ
+        self.watchdog: StepWatchdog | None = None  # bounds each micro-batch's wait for the other ranks
         recipe = config.recipe
         if distributed.enabled:
             import gsparse.deepspeed as gds
@@ -295,7 +305,10 @@ class _Trainer:
             if recipe is None:
                 import deepspeed
 
+                from gsparse.deepspeed.elastic import wrap_checkpointing
+
                 self.model, *_ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
+                wrap_checkpointing(self.model)  # optimizer state that reshards at another world size
             else:
                 self.model, *_, self.sparsifier = gds.initialize(model=model, optimizer=self.optimizer,
                                                                  config=ds_config, recipe=recipe)
@@ -486,15 +499,20 @@ class _Trainer:
                                     log)
         engine = self.model
         saved_world = None if manifest is None else manifest.get("world_size")
-        partitioned = engine.zero_optimization_stage() > 0 or type(engine.optimizer).__name__ == "BF16_Optimizer"
-        self.optimizer_state_restored = (saved_world in (None, distributed.world_size) or not partitioned
-                                         or bool(engine.load_universal_checkpoint()))
+        from gsparse.deepspeed import elastic
+
+        self.optimizer_state_restored = (saved_world in (None, distributed.world_size)
+                                         or not elastic.partitioned(engine)
+                                         or elastic.saved_world_size(directory / tag) is not None)
         if not self.optimizer_state_restored:
-            log(f"resuming on {distributed.world_size} process(es) a checkpoint saved by {saved_world}: DeepSpeed "
-                f"cannot repartition ZeRO-{engine.zero_optimization_stage()} optimizer state, so the optimizer "
-                "starts afresh (momenta and second moments are lost); weights, masks, schedule and RNG are "
-                f"restored. Resume at {saved_world} process(es) for an exact continuation "
-                "(metrics.json: optimizer_state_restored false)")
+            log(f"resuming on {distributed.world_size} process(es) a checkpoint saved by {saved_world} without "
+                f"gsparse's optimizer pieces (an older gsparse): DeepSpeed cannot repartition "
+                f"ZeRO-{engine.zero_optimization_stage()} optimizer state, so the optimizer starts afresh (momenta "
+                "and second moments are lost); weights, masks, schedule and RNG are restored. Resume at "
+                f"{saved_world} process(es) for an exact continuation (metrics.json: optimizer_state_restored false)")
+        elif saved_world not in (None, distributed.world_size):
+            log(f"resuming on {distributed.world_size} process(es) a checkpoint saved by {saved_world}: weights, "
+                "optimizer state, masks, schedule and RNG resharded")
         latest = directory / "latest"
         if distributed.rank == 0 and (not latest.is_file() or latest.read_text().strip() != tag):
             (directory / "latest.tmp").write_text(tag)  # DeepSpeed's own readers (ZeRO-3 weights) follow it
@@ -652,6 +670,11 @@ def _append_log(run_dir: Path, row: dict) -> None:
         output.write(json.dumps(row) + "\n")
 
 
+@contextlib.contextmanager
+def _unwatched(what: str):
+    yield
+
+
 def _best(history: list[dict], key: str, mode: str) -> dict:
     """The earliest epoch with the best ``key`` (NaN counts as worst) among the epochs that ended at
     the target sparsity, where the method has one: a prune-from-dense method's dense epochs (ADMM's
@@ -677,13 +700,18 @@ def train(task, config: RunConfig, extra_metrics: dict | None = None) -> dict:
     threads = resolve_threads(config.threads)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    watchdog = StepWatchdog(resolve_timeout(config.collective_timeout)) if config.deepspeed_config is not None \
+        else None
     try:
-        return _train(task, config, extra_metrics, threads)
+        return _train(task, config, extra_metrics, threads, watchdog)
     finally:
         torch.set_num_threads(previous_threads)
+        if watchdog is not None:
+            watchdog.close()
 
 
-def _train(task, config: RunConfig, extra_metrics: dict | None, threads: int) -> dict:
+def _train(task, config: RunConfig, extra_metrics: dict | None, threads: int,
+           watchdog: StepWatchdog | None) -> dict:
     started = time.time()
     log = config.log or (lambda line: print(line, flush=True))
     if config.deterministic:
@@ -691,7 +719,7 @@ def _train(task, config: RunConfig, extra_metrics: dict | None, threads: int) ->
         torch.use_deterministic_algorithms(True, warn_only=True)
         # ... but do not NaN-fill every torch.empty: DeepSpeed allocates large buffers each step.
         torch.utils.deterministic.fill_uninitialized_memory = False
-    distributed = _Distributed(config.deepspeed_config is not None)
+    distributed = _Distributed(config.deepspeed_config is not None, config.collective_timeout)
     if config.recipe is not None:
         from gsparse.recipe import load_recipe
 
@@ -705,6 +733,9 @@ def _train(task, config: RunConfig, extra_metrics: dict | None, threads: int) ->
         raise ValueError(f"{task.name}: no optimizer step per epoch (steps_per_epoch() = {steps_per_epoch})")
     total_steps = steps_per_epoch * config.epochs
     trainer = _Trainer(config, task, model, total_steps, steps_per_epoch, distributed, context)
+    trainer.watchdog = watchdog
+    if watchdog is not None:
+        watchdog.rank = distributed.rank
     task.prepare(trainer.model, context)
     run_dir = Path(config.run_dir)
     if distributed.rank == 0:
@@ -842,26 +873,28 @@ def _train_epoch(task, trainer: _Trainer, context: RunContext, distributed: _Dis
         # counted in examples (the task's global batch per step): the bar shows examples (images) per second
         bar = tqdm(total=steps_per_epoch * (task.batch_size or 1), desc=f"epoch {epoch}/{config.epochs}", leave=False,
                    dynamic_ncols=True, unit="ex", unit_scale=True)
+    watched = trainer.watchdog.watch if trainer.watchdog is not None else _unwatched
     micro, step_finite, steps_done = 0, True, 0
     for batch in task.train_batches(epoch, context):
-        if config.count_flops and "uses" not in state:
-            with UseRecorder(trainer.module) as recorder:
+        with watched(f"epoch {epoch}, micro-batch {micro + 1} (forward, backward, optimizer step)"):
+            if config.count_flops and "uses" not in state:
+                with UseRecorder(trainer.module) as recorder:
+                    loss = task.loss(trainer.model, batch)
+                state["uses"] = {name: vars(use) for name, use in recorder.uses.items()}
+            else:
                 loss = task.loss(trainer.model, batch)
-            state["uses"] = {name: vars(use) for name, use in recorder.uses.items()}
-        else:
-            loss = task.loss(trainer.model, batch)
-        value = distributed.mean(loss.item(), loss.device)  # under DeepSpeed: over all ranks' micro-batches
-        finite = math.isfinite(value)
-        if finite:
-            total_loss += value
-            finite_batches += 1
-        step_finite = step_finite and finite
-        trainer.backward(loss, finite)
-        trainer.micro_step()
-        micro += 1
-        if micro % accumulation:
-            continue
-        trainer.optimizer_step(apply=step_finite)
+            value = distributed.mean(loss.item(), loss.device)  # under DeepSpeed: over all ranks' micro-batches
+            finite = math.isfinite(value)
+            if finite:
+                total_loss += value
+                finite_batches += 1
+            step_finite = step_finite and finite
+            trainer.backward(loss, finite)
+            trainer.micro_step()
+            micro += 1
+            if micro % accumulation:
+                continue
+            trainer.optimizer_step(apply=step_finite)
         steps_done += 1
         state["optimizer_steps"] += 1
         if bar is not None:

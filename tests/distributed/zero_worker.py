@@ -364,7 +364,7 @@ def scenario_runner_resume(results: dict, workdir: Path):
                                                              progress=False, log=lines.append))
     entry.update({"resumed_from": metrics["resumed_from"], "optimizer_state_restored": metrics["optimizer_state_restored"],
                   "not_loaded": [line for line in lines if "is not loaded" in line],
-                  "optimizer_line": [line for line in lines if "optimizer starts afresh" in line],
+                  "optimizer_line": [line for line in lines if line.startswith("resuming on ")],
                   "log_epochs": [json.loads(line)["epoch"] for line in (run_dir / "log.jsonl").read_text().splitlines()],
                   "update_steps": [json.loads(line)["step"]
                                    for line in (run_dir / "updates.jsonl").read_text().splitlines()],
@@ -702,6 +702,113 @@ def scenario_cnn(results: dict):
         del engine, sparsifier
 
 
+ELASTIC_CASES = ("1-sgd", "2-adamw", "2-sgd-bf16", "3-sgd", "3-adamw")
+ELASTIC_STEPS = (20, 32)  # save after the first, compare after the second
+_OPTIMIZER_KEYS = {"sgd": ("momentum_buffer",), "adamw": ("exp_avg", "exp_avg_sq")}
+
+
+def _elastic_build(case: str, seed: int = 0):
+    """The small ResNet (BatchNorm) on digits with momentum SGD or AdamW at a ZeRO stage."""
+    from gsparse.tasks.vision.models import small_resnet
+
+    stage, optimizer_name, *dtype = case.split("-")
+    torch.manual_seed(seed)
+    model = small_resnet(num_classes=10, in_channels=1, width=8)
+    optimizer = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+                 if optimizer_name == "sgd" else torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01))
+    sparse_recipe = {"method": "dst_ee", "sparsity": 0.9, "distribution": "erk", "seed": 4,
+                     "schedule": {"update_interval": 4, "drop_fraction": 0.3, "last_update_step": 28},
+                     "method_args": {"c": 0.05}}
+    config = ds_config(int(stage), sparse_recipe=sparse_recipe, dtype=dtype[0] if dtype else "fp32")
+    config["train_micro_batch_size_per_gpu"] = 16
+    engine, _, _, _, sparsifier = gds.initialize(model=model, optimizer=optimizer, config=config)
+    return engine, sparsifier, _OPTIMIZER_KEYS[optimizer_name]
+
+
+def _elastic_train(engine, first: int, last: int):
+    from gsparse.tasks.vision.data import load_digits_dataset
+
+    images, labels = load_digits_dataset(split="train", seed=0)
+    dtype = next(engine.module.parameters()).dtype
+    for step in range(first, last + 1):
+        rows = torch.randperm(len(labels), generator=torch.Generator().manual_seed(step))[:16]
+        outputs = engine(images[rows].to(dtype))
+        engine.backward(torch.nn.functional.cross_entropy(outputs.float(), labels[rows]))
+        engine.step()
+
+
+def _elastic_snapshot(engine, sparsifier, keys) -> dict:
+    """Test-only: the full fp32 weights, optimizer state, buffers and masks, through DeepSpeed's own
+    accessors (not gsparse's layout)."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    params = dict(engine.module.named_parameters())
+    inner = engine.optimizer.optimizer
+    scalars = sorted({str(value.item() if torch.is_tensor(value) else value)
+                      for state in inner.state.values() for key, value in state.items() if key == "step"})
+    return {"fp32": full_weights(engine),
+            "optimizer": {f"{name}/{key}": safe_get_full_optimizer_state(param, key).clone()
+                          for name, param in params.items() for key in keys},
+            "buffers": {name: buffer.clone() for name, buffer in engine.module.named_buffers()},
+            "masks": full_state(sparsifier, False)[0], "step": sparsifier.step, "optimizer_steps": scalars}
+
+
+def scenario_elastic_save(results: dict, workdir: Path):
+    """Save each case's checkpoint at this world size, with snapshots at the save and after more steps."""
+    for case in ELASTIC_CASES:
+        engine, sparsifier, keys = _elastic_build(case)
+        _elastic_train(engine, 1, ELASTIC_STEPS[0])
+        engine.save_checkpoint(str(workdir / f"elastic-{case}"), tag="ckpt")
+        at_save = _elastic_snapshot(engine, sparsifier, keys)
+        _elastic_train(engine, ELASTIC_STEPS[0] + 1, ELASTIC_STEPS[1])
+        at_end = _elastic_snapshot(engine, sparsifier, keys)
+        if dist.get_rank() == 0:
+            torch.save({"at_save": at_save, "at_end": at_end, "world_size": dist.get_world_size()},
+                       workdir / f"elastic-{case}-snapshots.pt")
+        results[f"elastic_saved/{case}"] = {"files": sorted(
+            str(path.relative_to(workdir / f"elastic-{case}" / "ckpt"))
+            for path in (workdir / f"elastic-{case}" / "ckpt" / "gsparse" / "optimizer").iterdir())}
+        del engine, sparsifier
+
+
+def _differences(saved: dict, now: dict) -> dict:
+    found = {}
+    for part in ("fp32", "optimizer", "buffers"):
+        worst = max(float((saved[part][name].double() - now[part][name].double()).abs().max()) for name in saved[part])
+        found[part] = {"equal": all(torch.equal(saved[part][name], now[part][name]) for name in saved[part]),
+                       "max_abs": worst, "names": sorted(saved[part]) == sorted(now[part])}
+    found["masks_equal"] = all(torch.equal(saved["masks"][name], now["masks"][name]) for name in saved["masks"])
+    found["step"] = [saved["step"], now["step"]]
+    found["optimizer_steps"] = [saved["optimizer_steps"], now["optimizer_steps"]]
+    return found
+
+
+def scenario_elastic_load(results: dict, workdir: Path):
+    """Load each case's checkpoint (another world size) with plain ``engine.load_checkpoint``: weights,
+    optimizer state (momentum, Adam moments, steps), BatchNorm buffers and masks equal those saved;
+    continuing gives the run that was never interrupted."""
+    for case in ELASTIC_CASES:
+        engine, sparsifier, keys = _elastic_build(case, seed=7)
+        snapshots = torch.load(workdir / f"elastic-{case}-snapshots.pt", weights_only=False)
+        load_path, _ = engine.load_checkpoint(str(workdir / f"elastic-{case}"), tag="ckpt")
+        at_load = _elastic_snapshot(engine, sparsifier, keys)
+        _elastic_train(engine, ELASTIC_STEPS[0] + 1, ELASTIC_STEPS[1])
+        at_end = _elastic_snapshot(engine, sparsifier, keys)
+        key = f"elastic/{snapshots['world_size']}->{dist.get_world_size()}/{case}"
+        results[key] = {"loaded": load_path is not None, "at_load": _differences(snapshots["at_save"], at_load),
+                        "at_end": _differences(snapshots["at_end"], at_end)}
+        log("elastic", case, results[key])
+        del engine, sparsifier
+    # The contrast: the same continuation without the optimizer state (what DeepSpeed offers)
+    case = "2-adamw"
+    engine, sparsifier, keys = _elastic_build(case, seed=7)
+    snapshots = torch.load(workdir / f"elastic-{case}-snapshots.pt", weights_only=False)
+    engine.load_checkpoint(str(workdir / f"elastic-{case}"), tag="ckpt", load_optimizer_states=False)
+    _elastic_train(engine, ELASTIC_STEPS[0] + 1, ELASTIC_STEPS[1])
+    results[f"elastic/{snapshots['world_size']}->{dist.get_world_size()}/{case}/without_optimizer_state"] = \
+        _differences(snapshots["at_end"], _elastic_snapshot(engine, sparsifier, keys))["fp32"]["max_abs"]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--scenarios", required=True)
@@ -744,6 +851,10 @@ def main():
             scenario_runner_save(results, workdir)
         elif scenario == "runner_resume":
             scenario_runner_resume(results, workdir)
+        elif scenario == "elastic_save":
+            scenario_elastic_save(results, workdir)
+        elif scenario == "elastic_load":
+            scenario_elastic_load(results, workdir)
         elif scenario.startswith("reshard_load_from_"):
             scenario_reshard_load(results, workdir, int(scenario.rsplit("_", 1)[1]))
         else:

@@ -51,6 +51,9 @@ HELP = {
     "threads": "intra-op threads per rank (default: usable cores / ranks on this node)",
     "progress": "a progress bar per epoch",
     "resume": "continue from the run folder's last checkpoint",
+    "collective_timeout": "seconds a training step may wait for the other ranks before this rank stops (exit "
+                          "code 124) and the launcher ends the run: a hung rank never stalls the others for long "
+                          "(default $GSPARSE_COLLECTIVE_TIMEOUT, else 600)",
     "resume_anyway": "with --resume: resume although the checkpoint was trained on other data (its task/dataset "
                      "fingerprint differs); a different method, sparsity, recipe or sparse layers is never resumed",
     "deterministic": "deterministic torch kernels: bitwise-repeatable runs and resumes",

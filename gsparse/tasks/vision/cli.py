@@ -27,6 +27,9 @@ _HELP = {
     "seed": "seed of the initial weights, the augmentation and the batch order",
     "progress": "a progress bar per epoch",
     "resume": "continue from the run folder's last checkpoint",
+    "collective_timeout": "seconds a training step may wait for the other ranks before this rank stops (exit "
+                          "code 124) and the launcher ends the run: a hung rank never stalls the others for long "
+                          "(default $GSPARSE_COLLECTIVE_TIMEOUT, else 600)",
     "resume_anyway": "with --resume: resume although the checkpoint was trained on other data (its task/dataset "
                      "fingerprint differs); a different method, sparsity, recipe or sparse layers is never resumed",
     "max_nonfinite_steps": "optimizer steps in a row with a non-finite loss before the run stops as diverged",
