@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -84,6 +84,10 @@ class SparseEngine:
         self.layer_parameters = list(layer_parameters or [{} for _ in specs])
         self.step = 0
         self.num_updates = 0
+        self.mask_version = 0  # changes whenever any mask does (updates, loads): rebuild what depends on masks
+        # called with "step" after every finished step, "update" after a forced update, "load" after a load
+        self.step_callbacks: list[Callable[[str], None]] = []
+        self.extra_state: dict[str, Any] = {}  # saved with the sparse state (e.g. sparse execution's decisions)
         self.skipped_updates = 0
         self.last_update: dict[str, Any] | None = None
         self.active_weight_steps = 0  # sum over steps of the active weights: training FLOPs follow it
@@ -208,6 +212,8 @@ class SparseEngine:
         if self._changed:
             self._record_update()
         self._change, self._changed, self._skipped = None, False, False
+        for callback in self.step_callbacks:
+            callback("step")
 
     def _selector(self, scores: Sequence[torch.Tensor], eligible: Sequence[torch.Tensor | None],
                   k: Sequence[int]) -> list[torch.Tensor]:
@@ -235,6 +241,8 @@ class SparseEngine:
             self.skipped_updates += 1
         metrics = self._record_update() if self._changed else self.metrics()
         self._changed = self._skipped = False
+        for callback in self.step_callbacks:
+            callback("update")
         return metrics
 
     def _apply_layer_change(self, layers: Sequence[int], change: MaskChange) -> None:
@@ -393,6 +401,7 @@ class SparseEngine:
         if self.enforces_mask:
             self.backend.mask_weights([(index, self.layers[index].mask) for index in layers])
         self._changed = True
+        self.mask_version += 1
 
     def _record_update(self) -> dict[str, Any]:
         self.num_updates += 1
@@ -505,6 +514,7 @@ class SparseEngine:
             "active_weight_steps": self.active_weight_steps,
             "layer_active_steps": list(self.layer_active_steps),
             "method_state": self.method.state_dict(),
+            "extra_state": dict(self.extra_state),
             "layers": {
                 layer.spec.name: {"shape": tuple(layer.spec.shape), "start": layer.start, "active": layer.active,
                                   **{key: value.clone() for key, value in layer.per_weight_state().items()}}
@@ -546,9 +556,13 @@ class SparseEngine:
             logger.warning("gsparse: the checkpoint has no per-layer active weight counts; FLOPs per layer are "
                            "estimated from the total for its first %d steps", self.step)
         self.method.load_state_dict(state.get("method_state", {}))
+        self.extra_state = dict(state.get("extra_state") or {})
+        self.mask_version += 1
         if self.enforces_mask:
             self.backend.mask_weights(list(enumerate(self.masks)))
             self.backend.sync_weights()
+        for callback in self.step_callbacks:
+            callback("load")
 
 
 def _wire_dtype(dtype: torch.dtype) -> torch.dtype:

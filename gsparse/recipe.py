@@ -27,6 +27,8 @@ Every key is checked before training starts; a bad key or value raises one
     seed: 0
     mask_weights_after_step: auto # auto | always: auto skips it for optimizers that provably
                                   # keep inactive weights zero (torch SGD, Adam, AdamW, ...)
+    execution: dense              # dense | sparse | auto: run sparse linear layers with CSR kernels
+                                  # (auto: per layer, where a one-time micro-benchmark says it pays)
 
 Run-relative values: every step count (the schedule's, and a method's such as ADMM's phases or
 MEST's milestones) may be ``"N%"`` of the run's optimizer steps, and the epoch-keyed methods'
@@ -80,6 +82,7 @@ _RECIPE_OPTIONS = {
     "method_args": Option(None),
     "seed": Option(0, integer(0)),
     "mask_weights_after_step": Option("auto", choice("auto", "always")),
+    "execution": Option("dense", choice("dense", "sparse", "auto")),
 }
 
 
@@ -111,6 +114,7 @@ class Recipe:
     source: dict  # the recipe as given (fitted: with the run's integers), for checkpoints and logs
     # set by fit_to_run: {"total_steps", "steps_per_epoch", "resolved": {key: {"given", "value"}}}
     fitted_to: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)
+    execution: str = "dense"  # see gsparse.kernels.execution
 
     @property
     def method_class(self):
@@ -195,12 +199,15 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
     method_class = get_method(top["method"])
     if method_class.needs_last_update_step and schedule.last_update_step is None:
         raise RecipeError("schedule.last_update_step", f"method '{top['method']}' needs it (the end of its schedule)")
+    if top["execution"] == "sparse" and method_class.sparse_execution_problem():
+        raise RecipeError("execution", f"'sparse' needs a method that keeps its layers sparse between mask "
+                                       f"changes; {method_class.sparse_execution_problem()}: use dense or auto")
     method_args = resolve_options(top["method_args"], method_class.options, "method_args.")
     return Recipe(
         method=top["method"], sparsity=top["sparsity"], distribution=top["distribution"],
         erk_power_scale=top["erk_power_scale"], layer_sparsity=top["layer_sparsity"], params=params,
         schedule=schedule, method_args=method_args, seed=top["seed"],
-        mask_weights_after_step=top["mask_weights_after_step"], source=source,
+        mask_weights_after_step=top["mask_weights_after_step"], source=source, execution=top["execution"],
     )
 
 

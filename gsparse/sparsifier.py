@@ -1,7 +1,8 @@
 """The single-process entry point: attach a recipe to a model and its optimizer."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import contextlib
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -10,6 +11,18 @@ from gsparse.engine import SparseEngine
 from gsparse.forward import add_to_optimizer, install_forward_transforms, layer_parameters_of, prepare_model
 from gsparse.params import sparse_param_specs
 from gsparse.recipe import Recipe, load_recipe
+
+if TYPE_CHECKING:
+    from gsparse.kernels.execution import SparseExecution
+
+
+def install_execution(model: torch.nn.Module, engine: SparseEngine, mode: str) -> "SparseExecution | None":
+    """Sparse execution of the sparse linear layers (``execution: sparse | auto``), or ``None`` (dense)."""
+    if mode == "dense":
+        return None
+    from gsparse.kernels.execution import SparseExecution
+
+    return SparseExecution(model, engine, mode)
 
 
 def fitted_recipe(recipe: str | Mapping[str, Any] | Recipe, total_steps: int | None,
@@ -28,6 +41,7 @@ class SparseState:
 
     engine: SparseEngine
     recipe: Recipe
+    execution: "SparseExecution | None" = None
 
     @property
     def step(self) -> int:
@@ -61,11 +75,19 @@ class SparseState:
         state = self.gather_state(("counter",), layers, rank)
         return None if state is None else {name: entry["counter"] for name, entry in state.items()}
 
+    def execution_report(self) -> dict[str, dict[str, Any]]:
+        """How each sparse layer runs (recipe key ``execution``): ``{layer: {"mode": "sparse" | "dense" |
+        "pending", "reason", "dense_ms", "sparse_ms", "density"}}``; empty for ``execution: dense``."""
+        return {} if self.execution is None else self.execution.report()
+
     def remove(self) -> None:
         """Detach the optimizer and forward hooks (masks stay applied to the weights)."""
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        if self.execution is not None:
+            self.execution.remove()
+            self.execution = None
 
 
 class Sparsifier(SparseState):
@@ -113,6 +135,7 @@ class Sparsifier(SparseState):
         self.engine = SparseEngine.from_recipe(self.specs, self.recipe, self.backend, layer_parameters)
         self._hooks = self.backend.install_step_hooks(self.engine)
         self._hooks += install_forward_transforms(model, names, self.engine.method, layer_parameters)
+        self.execution = install_execution(model, self.engine, self.recipe.execution)
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -130,8 +153,18 @@ class Sparsifier(SparseState):
         drop/grow methods, the schedule's counts for prune-from-dense ones; methods whose changes
         are keyed to steps may give none, and then nothing changes. Returns the metrics.
 
-        Plain PyTorch only: under DeepSpeed the gradients exist only inside ``engine.step()``."""
+        Plain PyTorch only: under DeepSpeed the gradients exist only inside ``engine.step()``.
+        With sparse execution (``execution: sparse | auto``), run that step's forwards inside
+        :meth:`dense_gradients`: grow scores and grown weights need the gradients of inactive weights."""
+        if self.execution is not None and self.execution.sampled_since_step:
+            raise RuntimeError("update_masks() after a backward with sparse execution: the gradients of inactive "
+                               "weights were not computed. Run the forward and backward of this step inside "
+                               "`with sparsifier.dense_gradients():` (or use execution: dense)")
         return self.engine.update_masks()
+
+    def dense_gradients(self):
+        """A context in which sparse execution computes dense weight gradients (see :meth:`update_masks`)."""
+        return contextlib.nullcontext() if self.execution is None else self.execution.dense_gradients()
 
     def state_dict(self) -> dict[str, Any]:
         return {"engine": self.engine.state_dict(), "recipe": self.recipe.source}

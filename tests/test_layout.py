@@ -8,9 +8,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "gsparse"
 CORE = ["gsparse", "gsparse.engine", "gsparse.methods", "gsparse.selection", "gsparse.backends",
         "gsparse.distributions", "gsparse.schedules", "gsparse.recipe", "gsparse.checkpoint", "gsparse.forward",
-        "gsparse.sparsifier", "gsparse.params", "gsparse.hashrng", "gsparse.options"]
+        "gsparse.sparsifier", "gsparse.params", "gsparse.hashrng", "gsparse.options", "gsparse.kernels",
+        "gsparse.export"]
 OPTIONAL = ["deepspeed", "torch_geometric", "matplotlib", "networkx", "tqdm", "scipy", "sklearn", "pandas",
-            "torchvision"]
+            "torchvision", "safetensors"]
 
 
 def test_core_imports_without_optional_packages():

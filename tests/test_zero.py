@@ -18,7 +18,9 @@ WORKER = Path(__file__).resolve().parent / "distributed" / "zero_worker.py"
 TRAIN_CONFIGS = ["0-dst_ee", "0-rigl", "1-dst_ee", "1-rigl", "2-dst_ee", "2-rigl", "3-dst_ee", "3-rigl",
                  "2-dst_ee-gas2", "0-rigl-bf16", "1-dst_ee-bf16", "2-rigl-bf16", "3-dst_ee-bf16",
                  "0-admm", "1-admm", "2-admm", "3-admm", "2-gmp", "3-gmp", "3-dst_ee-always", "1-rigl-always",
-                 "0-dst_ee-fp16", "1-rigl-fp16", "2-dst_ee-fp16", "3-rigl-fp16"]
+                 "0-dst_ee-fp16", "1-rigl-fp16", "2-dst_ee-fp16", "3-rigl-fp16",
+                 "0-rigl-csr", "1-dst_ee-csr", "2-rigl-csr", "3-dst_ee-csr", "2-dst_ee-csr-gas2", "1-rigl-auto",
+                 "3-rigl-auto"]
 
 
 def _free_port() -> int:
@@ -54,7 +56,7 @@ def results(tmp_path_factory) -> dict:
     # 1. Two ranks: training equality at every stage, selection on real partitions, resume,
     #    and the checkpoint the resharding launches read.
     _run([_torchrun(2, "train,select,resume,reshard_save,seams,admm_groups,gather,nonfinite,method_cases,cnn,runner_save,"
-                    "elastic_save", workdir, "two",
+                    "elastic_save,runner_export", workdir, "two",
                     ("--train-configs", ",".join(TRAIN_CONFIGS)))], workdir / "two.log")
     # 2. One rank: resume the two-rank checkpoint, then save one of its own.
     _run([_torchrun(1, "reshard_load_from_2,reshard_save,refusals,fp16_overflow,runner_resume,elastic_load", workdir, "one")],
@@ -91,12 +93,43 @@ def test_sparsity_exact_every_step_and_low_precision_zero(results, config):
     assert entry["density"] == pytest.approx(0.15, abs=0.01)
 
 
-@pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if "bf16" not in c and "fp16" not in c])
+@pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if not {"bf16", "fp16", "csr", "auto"} & set(c.split("-"))])
 def test_masks_and_counters_equal_single_process(results, config):
     entry = results[f"two:train/{config}"]
     assert entry["masks_equal"] and entry["counters_equal"]
     assert entry["max_weight_diff"] <= 1e-6
     assert entry["exploration"] == entry["reference_exploration"]
+
+
+@pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if "csr" in c])
+def test_sparse_execution_under_zero_equals_single_process_dense_execution(results, config):
+    """Sparse layers run with CSR kernels inside the DeepSpeed engine (structure built from the
+    gathered mask at each update, inside the step); masks, counters and weights equal the
+    single-process masked dense run's."""
+    entry = results[f"two:train/{config}"]
+    assert entry["execution"] == ["sparse"]
+    assert entry["builds"] == [entry["updates"] + 1] * 3  # at attach, then once per mask update
+    assert entry["masks_equal"] and entry["counters_equal"]
+    assert entry["max_weight_diff"] <= 1e-5
+    assert entry["violations"] == {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
+
+
+@pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if "auto" in c])
+def test_auto_execution_under_zero_decides_every_layer_and_equals_single_process(results, config):
+    """auto under ZeRO: rank 0 times the layers after step 1 (at ZeRO-3 outside the forward, from the
+    structure's shape) and every rank takes its outcomes; results equal the single-process run."""
+    entry = results[f"two:train/{config}"]
+    assert entry["execution"] == ["dense", "sparse"]  # rank 0 chose 2.weight sparse (injected timing); all follow
+    assert entry["builds"][1] == entry["updates"] + 1
+    assert entry["masks_equal"] and entry["counters_equal"] and entry["max_weight_diff"] <= 1e-5
+
+
+def test_runner_at_zero3_runs_sparse_and_exports_the_gathered_model(results):
+    entry = results["two:runner_export"]
+    assert entry["execution"] == {"3.weight": "sparse"} and entry["exported"] == ["3"] and entry["csr"] == "CSRLinear"
+    assert entry["nonzero"] == {"0.weight": 3600, "0.bias": 300, "3.weight": 9000, "3.bias": 300, "5.weight": 1200,
+                                "5.bias": 4}  # gathered whole from the ZeRO-3 partitions, exactly 90% sparse
+    assert entry["max_difference"] <= 1e-5
 
 
 def test_partitioned_stages_hold_only_their_share(results):

@@ -33,7 +33,7 @@ from gsparse.engine import SparseEngine
 from gsparse.forward import add_to_optimizer, install_forward_transforms, layer_parameters_of, prepare_model
 from gsparse.params import sparse_param_specs
 from gsparse.recipe import Recipe
-from gsparse.sparsifier import SparseState, fitted_recipe
+from gsparse.sparsifier import SparseState, fitted_recipe, install_execution
 
 __all__ = ["CONFIG_KEY", "DeepSpeedConfigError", "DeepSpeedSparsifier", "UnsupportedLayout", "attach", "check_config",
            "ensure_process_group", "initialize", "load_deepspeed_config"]
@@ -85,6 +85,7 @@ class DeepSpeedSparsifier(SparseState):
         self._hooks = self.backend.install_step_hooks(self.engine)
         # after DeepSpeed's own forward hooks, so that ZeRO-3 has gathered the weights
         self._hooks += install_forward_transforms(engine.module, names, self.engine.method, layer_parameters)
+        self.execution = install_execution(engine.module, self.engine, self.recipe.execution)
         wrap_checkpointing(engine, self.save, self.load, elastic=elastic_checkpoints)
 
     # ---- state --------------------------------------------------------------------------------

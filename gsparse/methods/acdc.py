@@ -121,6 +121,9 @@ class ACDC(SparseMethod):
         # dense; without a warm-up the first step prunes by magnitude (not the engine's random init)
         return MaskChange.reselect(layer_counts=[layer.numel for layer in self.layers])
 
+    def needs_dense_gradient(self, step: int) -> bool:
+        return self.phases.is_compressed(step) != self.phases.is_compressed(step - 1)  # a phase starts
+
     def mask_change(self, step: int) -> MaskChange | None:
         compressed = self.phases.is_compressed(step)
         if compressed == self.phases.is_compressed(step - 1):

@@ -191,6 +191,26 @@ class SparseMethod:
         self.layers = list(layers)
         self.schedule = schedule
 
+    def needs_dense_gradient(self, step: int) -> bool:
+        """Whether optimizer ``step`` needs gradients of inactive weights: its mask change scores them
+        (``needs_grad``) or grows weights, which that same step then updates with their gradient.
+        Sparse execution computes the dense weight gradient for that step's micro-batches.
+        Default: the schedule's update steps; a method that changes masks at other steps overrides it."""
+        return self.schedule is not None and self.schedule.is_update_step(step)
+
+    @classmethod
+    def sparse_execution_problem(cls) -> str | None:
+        """Why the method cannot run its layers with sparse kernels (``None``: it can): it must
+        enforce its masks and read dense weights or gradients only at its mask changes."""
+        for attribute, why in (("transforms_forward", "transforms the weights in forward"),
+                                ("observes", "reads the dense gradients every step"),
+                                ("shapes_gradients", "adds terms to the dense gradients every step")):
+            if getattr(cls, attribute):
+                return f"method '{cls.name}' {why}"
+        if not cls.enforces_mask:
+            return f"method '{cls.name}' does not hold inactive weights at zero"
+        return None
+
     def check_run(self, recipe, total_steps: int) -> list[RunProblem]:
         """Problems of running ``recipe`` (fitted: integer steps) for ``total_steps`` optimizer steps,
         found before training. Default: a method whose schedule ends at ``last_update_step``

@@ -157,6 +157,9 @@ class MEST(SparseMethod):
 
     # ---- policy ------------------------------------------------------------------------------
 
+    def needs_dense_gradient(self, step: int) -> bool:
+        return self.mask_change(step) is not None  # mutations run to stop_step, past the schedule's end
+
     def mask_change(self, step: int) -> MaskChange | None:
         if self.args.mode == "ems":
             grown = self._ems_grow_counts(step)

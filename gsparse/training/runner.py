@@ -103,6 +103,9 @@ class RunConfig:
     # seconds a training step may wait for the other ranks before the rank stops (see
     # gsparse.training.watchdog); None: $GSPARSE_COLLECTIVE_TIMEOUT, else 600
     collective_timeout: float | None = None
+    # at the end, write the final model as plain PyTorch with CSR linear layers and a compact
+    # file to run_dir/export/ (gsparse.export)
+    export: bool = False
 
     def __post_init__(self):
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -734,6 +737,11 @@ def _train(task, config: RunConfig, extra_metrics: dict | None, threads: int,
     total_steps = steps_per_epoch * config.epochs
     trainer = _Trainer(config, task, model, total_steps, steps_per_epoch, distributed, context)
     trainer.watchdog = watchdog
+    if config.export and trainer.sparsifier is not None:
+        method_class = trainer.sparsifier.recipe.method_class
+        if method_class.transforms_forward or not method_class.enforces_mask:
+            raise ValueError(f"export: method '{method_class.name}' computes with weights transformed in forward, "
+                             "so its stored weights are not the trained model; export is not supported for it")
     if watchdog is not None:
         watchdog.rank = distributed.rank
     task.prepare(trainer.model, context)
@@ -811,10 +819,58 @@ def _train(task, config: RunConfig, extra_metrics: dict | None, threads: int,
                "world_size": distributed.world_size, "accumulation_steps": accumulation,
                "seconds": round(time.time() - started, 1), "nonfinite_steps": state["nonfinite_steps"], **target,
                **_counts(trainer, task, state, total_steps, context), **(extra_metrics or {})}
+    execution = {} if sparse is None else sparse.execution_report()
+    if execution:
+        metrics["execution"] = execution
+    if config.export:
+        metrics["export"] = _export_model(trainer, task, run_dir, distributed, log)
     if distributed.rank == 0:
+        if execution:
+            modes = [entry["mode"] for entry in execution.values()]
+            log(f"sparse execution ({sparse.recipe.execution}): {modes.count('sparse')} of {len(modes)} sparse "
+                "layers ran with CSR kernels; " + "; ".join(f"{name}: {entry['mode']}"
+                                                             + (f" ({entry['reason']})" if entry["reason"] else "")
+                                                             for name, entry in execution.items()))
         checkpoint.write_json_atomic(run_dir / "metrics.json", metrics)
     distributed.barrier()  # every rank leaves once the results are written
     return metrics
+
+
+def _export_model(trainer, task, run_dir: Path, distributed, log) -> dict | None:
+    """Rank 0 writes the final model to ``run_dir/export/``: ``model.pt`` (the task's model class with
+    its sparse linear layers as :class:`gsparse.export.CSRLinear`), the weights as a compact file
+    (indices + values; safetensors when installed) and ``export.json``; returns what it wrote."""
+    from gsparse.export import compact_report, export_sparse, save_compact
+
+    module = trainer.module
+    gather = contextlib.nullcontext()
+    if distributed.enabled and trainer.model.zero_optimization_stage() == 3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+    with gather:  # every rank takes part; rank 0 keeps a copy
+        state = {key: value.detach().clone() for key, value in module.state_dict().items()} \
+            if distributed.rank == 0 else None
+    if distributed.rank != 0:
+        return None
+    model = task.build_model()  # a fresh instance: no DeepSpeed or gsparse hooks travel into the file
+    model.load_state_dict({key: value for key, value in state.items() if key in model.state_dict()})
+    exported, layers = export_sparse(model)
+    folder = run_dir / "export"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(exported, folder / "model.pt")
+    import importlib.util
+
+    has_safetensors = importlib.util.find_spec("safetensors") is not None
+    compact = save_compact(model, folder / ("model.safetensors" if has_safetensors else "model.compact.pt"))
+    sizes = compact_report(model, compact)
+    record = {"folder": str(folder), "model": "model.pt", "compact": compact.name, "layers": layers,
+              "sizes": {**sizes, "model_bytes": (folder / "model.pt").stat().st_size}}
+    checkpoint.write_json_atomic(folder / "export.json", record)
+    exported_layers = [name for name, entry in layers.items() if entry["exported"]]
+    log(f"exported the final model to {folder}: {len(exported_layers)} linear layer(s) as CSR "
+        f"({', '.join(exported_layers) or 'none large and sparse enough'}); compact weights {compact.name}")
+    return record
 
 
 def _fitted_values(recipe) -> dict:

@@ -98,9 +98,9 @@ def make_optimizer(name: str, model):
 
 
 def build(stage, method, *, seed=0, optimizer="adamw", accumulation=1, dtype="fp32", weight_masking="auto",
-          **recipe_args):
+          execution="dense", **recipe_args):
     model = make_model(seed)
-    sparse_recipe = dict(recipe(method, **recipe_args), mask_weights_after_step=weight_masking)
+    sparse_recipe = dict(recipe(method, **recipe_args), mask_weights_after_step=weight_masking, execution=execution)
     config = ds_config(stage, accumulation=accumulation, dtype=dtype, sparse_recipe=sparse_recipe)
     engine, _, _, _, sparsifier = gds.initialize(model=model, optimizer=make_optimizer(optimizer, model),
                                                  config=config)
@@ -195,8 +195,16 @@ def scenario_train(results: dict, configs: list[str]):
         dtype = next((name for name in ("bf16", "fp16") if name in options), "fp32")
         # "always": masks weights after every step too; the reference skips that (AdamW keeps zeros)
         weight_masking = "always" if "always" in options else "auto"
+        # the reference always runs dense
+        execution = "sparse" if "csr" in options else "auto" if "auto" in options else "dense"
+        if execution == "auto":  # rank 0's timing, made deterministic: the biggest layer pays, the others not
+            from gsparse.kernels import execution as execution_module
+            from gsparse.kernels.choice import ExecutionChoice
+
+            execution_module.choose_execution = lambda out, inp, nnz, rows, dtype, device: ExecutionChoice(
+                "sparse" if out * inp >= 48 * 32 else "dense", 2.0, 1.0 if out * inp >= 48 * 32 else 3.0, "test")
         engine, sparsifier = build(stage, method, accumulation=accumulation, dtype=dtype,
-                                   weight_masking=weight_masking)
+                                   weight_masking=weight_masking, execution=execution)
         if sparsifier.engine.mask_weights_after_step != (weight_masking == "always"):
             raise AssertionError(f"{config}: AdamW should let gsparse skip the post-step masking")
         violations = {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
@@ -208,7 +216,9 @@ def scenario_train(results: dict, configs: list[str]):
         entry = {"violations": violations, "steps": sparsifier.step, "updates": sparsifier.engine.num_updates,
                  "skipped": engine.skipped_steps, "low_precision_dtype": str(next(engine.module.parameters()).dtype),
                  "density": metrics["density"], "exploration": metrics["exploration_degree"],
-                 "local_numel": {n: int(m.numel()) for n, (_, m) in sparsifier.local_masks().items()}}
+                 "local_numel": {n: int(m.numel()) for n, (_, m) in sparsifier.local_masks().items()},
+                 "execution": sorted({entry["mode"] for entry in sparsifier.execution_report().values()}),
+                 "builds": [layer.builds for layer in sparsifier.execution.layers] if sparsifier.execution else []}
         if dist.get_rank() == 0 and dtype == "fp32":
             key = (method, accumulation)
             if key not in references:
@@ -702,6 +712,37 @@ def scenario_cnn(results: dict):
         del engine, sparsifier
 
 
+def scenario_runner_export(results: dict, workdir: Path):
+    """The runner at ZeRO-3 with sparse execution and export: rank 0 writes the final model from
+    the gathered parameters; its CSR layer computes what the gathered dense weights compute."""
+    from gsparse.export import load_compact
+    from gsparse.training import RunConfig, train as run_training
+    from tests.test_export import WIDE_RECIPE, _wide_task
+
+    run_dir = workdir / "runner-export"
+    zero3 = {**RUNNER_ZERO2, "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 50}}
+    task = _wide_task()
+    metrics = run_training(task, RunConfig(epochs=2, recipe={**WIDE_RECIPE, "execution": "sparse"},
+                                           deepspeed_config=zero3, run_dir=str(run_dir), progress=False,
+                                           export=True, log=lambda line: None))
+    entry = {"execution": {name: value["mode"] for name, value in metrics["execution"].items()}}
+    if dist.get_rank() == 0:
+        folder = run_dir / "export"
+        record = json.loads((folder / "export.json").read_text())
+        weights = load_compact(folder / record["compact"])
+        model = task.build_model()
+        model.load_state_dict(weights)
+        exported = torch.load(folder / "model.pt", weights_only=False)
+        inputs = torch.randn(9, 12, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            difference = float((exported(inputs) - model.eval()(inputs)).abs().max())
+        entry.update({"exported": [name for name, value in record["layers"].items() if value["exported"]],
+                      "nonzero": {name: int(torch.count_nonzero(value)) for name, value in weights.items()},
+                      "max_difference": difference, "csr": type(exported[3]).__name__})
+    results["runner_export"] = entry
+    log("runner_export", entry)
+
+
 ELASTIC_CASES = ("1-sgd", "2-adamw", "2-sgd-bf16", "3-sgd", "3-adamw")
 ELASTIC_STEPS = (20, 32)  # save after the first, compare after the second
 _OPTIMIZER_KEYS = {"sgd": ("momentum_buffer",), "adamw": ("exp_avg", "exp_avg_sq")}
@@ -851,6 +892,8 @@ def main():
             scenario_runner_save(results, workdir)
         elif scenario == "runner_resume":
             scenario_runner_resume(results, workdir)
+        elif scenario == "runner_export":
+            scenario_runner_export(results, workdir)
         elif scenario == "elastic_save":
             scenario_elastic_save(results, workdir)
         elif scenario == "elastic_load":

@@ -69,6 +69,7 @@ class LinkPredConfig:
     resume: bool = False
     resume_anyway: bool = False  # resume although the checkpoint's data fingerprint differs
     collective_timeout: float | None = None  # seconds; None: $GSPARSE_COLLECTIVE_TIMEOUT, else 600
+    export: bool = False  # write the final model with CSR linear layers to run_dir/export/
     deterministic: bool = True  # torch.use_deterministic_algorithms: bitwise-repeatable runs and resumes
     accumulation_steps: int | None = None  # micro-batches per step; None: 1 (under DeepSpeed: the config's)
     max_nonfinite_steps: int = 20  # optimizer steps in a row with a non-finite loss before TrainingDiverged
@@ -191,7 +192,7 @@ def train_link_prediction(config: LinkPredConfig) -> dict:
     run = RunConfig(epochs=config.epochs, run_dir=config.run_dir, recipe=config.recipe,
                     deepspeed_config=config.deepspeed_config, accumulation_steps=config.accumulation_steps,
                     resume=config.resume, resume_anyway=config.resume_anyway, progress=config.progress,
-                    collective_timeout=config.collective_timeout,
+                    collective_timeout=config.collective_timeout, export=config.export,
                     max_nonfinite_steps=config.max_nonfinite_steps, deterministic=config.deterministic,
                     threads=config.threads)
     extra = {"config": {k: v for k, v in asdict(config).items() if k != "extra"}, **config.extra}

@@ -27,6 +27,8 @@ _HELP = {
     "seed": "seed of the initial weights, the augmentation and the batch order",
     "progress": "a progress bar per epoch",
     "resume": "continue from the run folder's last checkpoint",
+    "export": "at the end, write the final model as plain PyTorch with its large sparse linear layers in CSR "
+              "(run_dir/export/model.pt), the weights as a compact file (indices + values) and export.json",
     "collective_timeout": "seconds a training step may wait for the other ranks before this rank stops (exit "
                           "code 124) and the launcher ends the run: a hung rank never stalls the others for long "
                           "(default $GSPARSE_COLLECTIVE_TIMEOUT, else 600)",

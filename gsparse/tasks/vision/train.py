@@ -45,6 +45,7 @@ class VisionConfig:
     resume: bool = False
     resume_anyway: bool = False  # resume although the checkpoint's data fingerprint differs
     collective_timeout: float | None = None  # seconds; None: $GSPARSE_COLLECTIVE_TIMEOUT, else 600
+    export: bool = False  # write the final model with CSR linear layers to run_dir/export/
     max_nonfinite_steps: int = 20
     deterministic: bool = True
 
@@ -70,7 +71,7 @@ def train_image_classifier(config: VisionConfig) -> dict:
     run = RunConfig(epochs=config.epochs, run_dir=config.run_dir, recipe=config.recipe,
                     deepspeed_config=config.deepspeed_config, accumulation_steps=config.accumulation_steps,
                     resume=config.resume, resume_anyway=config.resume_anyway, progress=config.progress,
-                    collective_timeout=config.collective_timeout,
+                    collective_timeout=config.collective_timeout, export=config.export,
                     max_nonfinite_steps=config.max_nonfinite_steps, deterministic=config.deterministic)
     metrics = train(VisionTask(config), run, extra_metrics={"config": asdict(config)})
     if _is_rank_zero():

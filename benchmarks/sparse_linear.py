@@ -1,0 +1,256 @@
+"""Masked linear layers executed dense vs with gsparse's CSR kernels (``gsparse.kernels.csr_linear``).
+
+For each shape (2048x2048, 4096x4096), density (0.10, 0.05, 0.02 = 90/95/98% sparsity) and batch
+(64, 256 rows), in one paired run (dense and sparse rounds interleaved; medians of the rounds,
+speedup = median of the per-round ratios):
+
+- inference forward under ``torch.no_grad``: ``F.linear`` on the masked weight vs ``csr_linear``
+  (which gathers the active values from the dense weight each call), and vs a CSR weight built
+  once (``prebuilt_csr``: what an exported sparse model runs);
+- a full training step of one layer whose input needs a gradient (a hidden layer): forward,
+  backward, ``AdamW.step()``, ``zero_grad``; dense masked = weight gradient masked, sparse = the
+  sampled gradient; both re-mask the weight after the step, as gsparse does (``zero_inactive_``).
+  AdamW is torch's fused implementation by default (``--adamw``): the for-loop one takes ~60 ms
+  a step on a 2048x2048 weight on 2 CPU cores, ~30x the fused one, and hides any kernel's gain;
+- peak training memory of each: on CUDA ``torch.cuda.max_memory_allocated``; on CPU, in a fresh
+  subprocess per configuration and mode, the growth of the resident set's high-water mark
+  (``VmHWM``, reset through ``/proc/self/clear_refs`` once the parameter, mask and data exist;
+  ``ru_maxrss`` where that reset is not allowed) over 3 steps: optimizer state, gradients,
+  saved activations, the CSR structure and transients (a tiny layer is trained first, so that
+  loading kernels and thread pools is not counted; glibc's mmap threshold is fixed at 64 KiB
+  in the child so that the figure repeats run to run).
+
+Run:  python benchmarks/sparse_linear.py [--quick] [--device cuda]
+Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import gsparse
+from gsparse.backends.base import zero_inactive_
+from gsparse.kernels import CSRStructure, csr_linear
+
+SHAPES = ((2048, 2048), (4096, 4096))
+DENSITIES = (0.10, 0.05, 0.02)
+BATCHES = (64, 256)
+QUICK = {"shapes": ((512, 512),), "densities": (0.05,), "batches": (64,)}
+MEMORY_STEPS = 3
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class Layer:
+    """One masked linear layer (weight, bias, mask, its AdamW) and the data it is trained on."""
+
+    def __init__(self, out_features, in_features, density, batch, device, adamw="fused", seed=0):
+        self.adamw_options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[adamw]
+        generator = torch.Generator().manual_seed(seed)
+        self.mask = (torch.rand(out_features, in_features, generator=generator) < density).to(device)
+        weight = torch.randn(out_features, in_features, generator=generator) / in_features ** 0.5
+        self.weight = torch.nn.Parameter(weight.to(device) * self.mask)
+        self.bias = torch.nn.Parameter(torch.zeros(out_features, device=device))
+        self.inputs = torch.randn(batch, in_features, generator=generator).to(device).requires_grad_()
+        self.grad_output = torch.randn(batch, out_features, generator=generator).to(device)
+        self.optimizer = None
+        self.structure = None
+
+    def start_training(self, sparse: bool) -> None:
+        self.optimizer = torch.optim.AdamW([self.weight, self.bias], lr=1e-3, **self.adamw_options)
+        if sparse:
+            self.structure = CSRStructure.from_mask(self.mask)
+
+    def forward(self, sparse: bool) -> torch.Tensor:
+        if sparse:
+            return csr_linear(self.inputs, self.weight, self.bias, self.structure)
+        return F.linear(self.inputs, self.weight, self.bias)
+
+    def training_step(self, sparse: bool) -> None:
+        self.forward(sparse).backward(self.grad_output)
+        if not sparse:  # the sampled gradient is zero at inactive entries already
+            zero_inactive_(self.weight.grad, self.mask)
+        self.optimizer.step()
+        with torch.no_grad():
+            zero_inactive_(self.weight, self.mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.inputs.grad = None
+
+
+def paired(steps: dict, rounds: int, synchronize) -> dict:
+    """Median ms of each step over interleaved rounds (after 2 warm-up rounds), and the median
+    per-round speedup of each over the first (the dense one)."""
+    def timed(step):
+        start = time.perf_counter()
+        step()
+        synchronize()
+        return (time.perf_counter() - start) * 1e3
+
+    for _ in range(2):
+        for step in steps.values():
+            timed(step)
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name].append(timed(step))
+    baseline = times[next(iter(steps))]
+    result = {}
+    for name, values in times.items():
+        result[f"{name}_ms"] = round(statistics.median(values), 3)
+        if values is not baseline:
+            result[f"{name}_speedup"] = round(statistics.median(b / v for b, v in zip(baseline, values)), 2)
+    return result
+
+
+def measure_speed(out_features, in_features, density, batch, device, adamw, rounds) -> dict:
+    synchronize = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    dense, sparse = (Layer(out_features, in_features, density, batch, device, adamw) for _ in range(2))
+    dense.start_training(sparse=False)
+    sparse.start_training(sparse=True)
+    # what an exported model runs: a CSR weight built once, no gather from a dense parameter
+    prebuilt = sparse.structure.matrix(sparse.structure.gather(sparse.weight.detach()))
+    bias = sparse.bias.detach().unsqueeze(1)
+
+    def inference(layer, is_sparse):
+        def run():
+            with torch.no_grad():
+                layer.forward(is_sparse)
+        return run
+
+    return {
+        "nnz": sparse.structure.nnz,
+        "forward_inference": paired({"dense": inference(dense, False), "sparse": inference(sparse, True),
+                                     "prebuilt_csr": lambda: torch.addmm(bias, prebuilt, sparse.inputs.detach().t())},
+                                    3 * rounds, synchronize),
+        "training_step": paired({"dense": lambda: dense.training_step(False),
+                                 "sparse": lambda: sparse.training_step(True)}, rounds, synchronize),
+    }
+
+
+def _resident_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_memory_mb(out_features, in_features, density, batch, device, adamw, sparse: bool) -> tuple[float, str]:
+    """Peak memory growth of ``MEMORY_STEPS`` training steps (this process must be fresh on CPU)."""
+    warm_up = Layer(64, 64, density, 8, device, adamw)  # loads kernels and thread pools outside the measurement
+    warm_up.start_training(sparse)
+    warm_up.training_step(sparse)
+    del warm_up
+    layer = Layer(out_features, in_features, density, batch, device, adamw)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        baseline = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        method = "torch.cuda.max_memory_allocated"
+    else:
+        try:
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")  # resets VmHWM to the current resident set
+            baseline, method = _resident_kb("VmRSS"), "VmHWM growth after clear_refs"
+        except OSError:
+            baseline, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss growth"
+    layer.start_training(sparse)
+    for _ in range(MEMORY_STEPS):
+        layer.training_step(sparse)
+    if device.startswith("cuda"):
+        return (torch.cuda.max_memory_allocated() - baseline) / 2**20, method
+    peak = _resident_kb("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (peak - baseline) / 2**10, method
+
+
+def memory_in_subprocess(*configuration) -> tuple[float, str]:
+    arguments = [sys.executable, __file__, "--memory-child", json.dumps(configuration)]
+    package_root = os.path.dirname(os.path.dirname(gsparse.__file__))  # the child imports this same gsparse
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+               # a fixed mmap threshold: glibc then returns every freed tensor at once, instead of keeping
+               # some in its heap depending on the order of allocations, so that peaks repeat run to run
+               MALLOC_MMAP_THRESHOLD_="65536")
+    result = subprocess.run(arguments, capture_output=True, text=True, check=True, env=env)
+    peak, method = json.loads(result.stdout)
+    return peak, method
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one small configuration, few rounds (smoke run)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--adamw", choices=("fused", "foreach", "for-loop"), default="fused",
+                        help="torch's AdamW implementation, the same for both modes (default: fused)")
+    parser.add_argument("--rounds", type=int, default=None, help="training-step rounds (forward: 3x as many)")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        print(json.dumps(peak_memory_mb(*json.loads(args.memory_child))))
+        return
+
+    shapes, densities, batches = (QUICK["shapes"], QUICK["densities"], QUICK["batches"]) if args.quick \
+        else (SHAPES, DENSITIES, BATCHES)
+    rounds = args.rounds or (3 if args.quick else 9)
+    load_before = os.getloadavg()
+    rows, memory_method = [], None
+    for out_features, in_features in shapes:
+        for density in densities:
+            for batch in batches:
+                row = {"shape": [out_features, in_features], "density": density, "batch": batch}
+                configuration = (out_features, in_features, density, batch, args.device, args.adamw)
+                row.update(measure_speed(*configuration, rounds))
+                dense_mb, memory_method = memory_in_subprocess(*configuration, False)
+                sparse_mb, _ = memory_in_subprocess(*configuration, True)
+                row["peak_training_memory_mb"] = {"dense": round(dense_mb, 1), "sparse": round(sparse_mb, 1)}
+                rows.append(row)
+                print(f"{out_features}x{in_features} density {density} batch {batch}: forward "
+                      f"{row['forward_inference']['sparse_speedup']}x (prebuilt CSR "
+                      f"{row['forward_inference']['prebuilt_csr_speedup']}x), training step "
+                      f"{row['training_step']['sparse_speedup']}x", file=sys.stderr)
+
+    at_95 = [r for r in rows if r["density"] == 0.05 and min(r["shape"]) >= 2048]
+    print(json.dumps({
+        "benchmark": "sparse_linear",
+        "torch": torch.__version__,
+        "device": args.device,
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "training_step_rounds": rounds,
+        "forward_rounds": 3 * rounds,
+        "input_requires_grad": True,
+        "adamw": args.adamw,
+        "memory_method": memory_method,
+        "results": rows,
+        "targets_at_95_percent_2048_up": {
+            "forward_min_speedup": min((r["forward_inference"]["sparse_speedup"] for r in at_95), default=None),
+            "prebuilt_csr_forward_min_speedup": min((r["forward_inference"]["prebuilt_csr_speedup"] for r in at_95),
+                                                    default=None),
+            "training_step_min_speedup": min((r["training_step"]["sparse_speedup"] for r in at_95), default=None),
+            "forward_target": 3.0, "training_step_target": 1.5,
+        },
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
