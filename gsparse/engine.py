@@ -27,7 +27,7 @@ from gsparse.distributions import round_half_up
 from gsparse.methods.base import LayerInfo, LayerView, MaskChange, SparseMethod
 from gsparse.params import SparseParamSpec
 from gsparse.schedules import UpdateSchedule
-from gsparse.selection import select_top_k, select_top_k_global
+from gsparse.selection import LocalSlice, select_top_k, select_top_k_global, select_top_k_per_row, split_rows
 
 if TYPE_CHECKING:
     from gsparse.recipe import Recipe
@@ -75,7 +75,8 @@ class SparseEngine:
 
     def __init__(self, specs: Sequence[SparseParamSpec], method: SparseMethod, schedule: UpdateSchedule,
                  backend: Backend, seed: int = 0, mask_weights_after_step: bool = True,
-                 layer_parameters: Sequence[dict[str, torch.nn.Parameter]] | None = None):
+                 layer_parameters: Sequence[dict[str, torch.nn.Parameter]] | None = None,
+                 structure: str = "unstructured"):
         self.method = method
         self.schedule = schedule
         self.backend = backend
@@ -100,6 +101,13 @@ class SparseEngine:
         method.setup([LayerInfo(spec.name, tuple(spec.shape), spec.numel, spec.active_count) for spec in specs],
                      schedule)
         self.layers = [self._initial_layer(index, spec) for index, spec in enumerate(specs)]
+        self.fan_in = structure == "fan_in"  # every row of a layer keeps the same active count
+        if self.fan_in:
+            self._row_lengths = [max(spec.numel // max(spec.shape[0], 1), 1) if len(spec.shape) else spec.numel
+                                 for spec in specs]
+            self._shared_rows = split_rows([LocalSlice(layer.start, layer.mask.numel()) for layer in self.layers],
+                                           self._row_lengths, [spec.numel for spec in specs],
+                                           backend.communicator)  # one all-reduce, once
         self._select_initial_masks()
 
     @classmethod
@@ -109,7 +117,8 @@ class SparseEngine:
         recipe allows skipping it (``auto``) and the backend's optimizer provably keeps them zero."""
         skip = recipe.mask_weights_after_step == "auto" and keeps_inactive_weights_zero(backend.optimizer)
         return cls(specs, recipe.build_method(), recipe.schedule, backend, seed=recipe.seed,
-                   mask_weights_after_step=not skip, layer_parameters=layer_parameters)
+                   mask_weights_after_step=not skip, layer_parameters=layer_parameters,
+                   structure=getattr(recipe, "structure", "unstructured"))
 
     # ---- masks -----------------------------------------------------------------------------
 
@@ -134,11 +143,12 @@ class SparseEngine:
             for layer in self.layers
         ]
         if change.is_global:
+            self._refuse_fan_in(change)
             chosen = select_top_k_global(scores, [None] * len(scores), change.total, self.backend.communicator)
             counts = self._global_counts(chosen)
         else:
             counts = list(change.layer_counts)
-            chosen = select_top_k(scores, [None] * len(scores), counts, self.backend.communicator)
+            chosen = self._select(scores, [None] * len(scores), list(range(len(scores))), counts)
         for index, (layer, mask, count) in enumerate(zip(self.layers, chosen, counts)):
             layer.mask, layer.active = mask, count
             layer.counter = mask.to(torch.uint8)
@@ -263,7 +273,17 @@ class SparseEngine:
         elif change.kind == "reselect":
             inputs = [[method.keep_score(view)] for view in views]
         else:
-            if change.kind == "swap":
+            if change.kind == "swap" and self.fan_in:  # the same number in every row
+                k_drop = []
+                for i in layers:
+                    row_length = self._row_lengths[i]
+                    rows = self.layers[i].spec.numel // row_length
+                    active = self.layers[i].active // rows
+                    wanted = (change.layer_counts[i] // rows if change.layer_counts is not None
+                              else round_half_up(change.drop_fraction * active))
+                    k_drop.append(rows * min(wanted, active, row_length - active))
+                k_grow = k_drop
+            elif change.kind == "swap":
                 wanted = [change.layer_counts[i] if change.layer_counts is not None
                           else round_half_up(change.drop_fraction * self.layers[i].active) for i in layers]
                 k_drop = [min(count, self.layers[i].active, self.layers[i].spec.numel - self.layers[i].active)
@@ -285,7 +305,6 @@ class SparseEngine:
                 k_drop, k_grow = [k_drop[p] for p in chosen], [k_grow[p] for p in chosen]
             if not layers:
                 return
-        communicator = self.backend.communicator
         masks = [self.layers[index].mask for index in layers]
         if change.kind == "assign":
             assigned = [method.assign_mask(view).reshape(-1).to(torch.bool) for view in views]
@@ -293,8 +312,8 @@ class SparseEngine:
             grown = [new & ~mask for mask, new in zip(masks, assigned)]
             k_drop, k_grow = self._changed_counts(dropped, grown)
         elif change.kind == "reselect":
-            keep = select_top_k([scores[0] for scores in inputs], [None] * len(layers),
-                                [change.layer_counts[i] for i in layers], communicator)
+            keep = self._select([scores[0] for scores in inputs], [None] * len(layers), layers,
+                                [change.layer_counts[i] for i in layers])
             dropped = [mask & ~kept for mask, kept in zip(masks, keep)]
             grown = [kept & ~mask for mask, kept in zip(masks, keep)]
             k_drop, k_grow = self._changed_counts(dropped, grown)
@@ -302,19 +321,22 @@ class SparseEngine:
             drop_scores = [scores[0] for scores in inputs]
             grow_scores = [scores[1] for scores in inputs] if grows else []
             if change.kind == "swap" and method.regrow_dropped:  # grow eligibility depends on what was dropped
-                dropped = select_top_k(drop_scores, masks, k_drop, communicator)
+                dropped = self._select(drop_scores, masks, layers, k_drop)
                 grow_eligible = [~(mask & ~drop) for mask, drop in zip(masks, dropped)]
-                grown = select_top_k(grow_scores, grow_eligible, k_grow, communicator)
+                grown = self._select(grow_scores, grow_eligible, layers, k_grow)
             elif grows:  # drop among active, grow among inactive: one selection, half the all-reduces
-                dropped, grown = self._drop_and_grow(drop_scores, grow_scores, masks, k_drop, k_grow)
+                chosen = self._select(drop_scores + grow_scores, masks + [~mask for mask in masks], layers + layers,
+                                      k_drop + k_grow)
+                dropped, grown = chosen[:len(masks)], chosen[len(masks):]
             else:
-                dropped = select_top_k(drop_scores, masks, k_drop, communicator)
+                dropped = self._select(drop_scores, masks, layers, k_drop)
                 grown = [torch.zeros_like(mask) for mask in masks]
         self._commit(layers, dropped, grown, k_drop, k_grow)
 
     def _apply_global_change(self, change: MaskChange) -> None:
         """One count over all layers, decided from weights and method state (no gradients: under
         ZeRO, later parameter groups' gradients do not exist yet when the step starts)."""
+        self._refuse_fan_in(change)
         layers = list(range(len(self.layers)))
         views = self._views(layers, with_grad=False)
         communicator = self.backend.communicator
@@ -347,10 +369,29 @@ class SparseEngine:
         k_drop, k_grow = self._changed_counts(dropped, grown)
         self._commit(layers, dropped, grown, k_drop, k_grow)
 
-    def _drop_and_grow(self, drop_scores, grow_scores, masks, k_drop, k_grow):
-        chosen = select_top_k(drop_scores + grow_scores, masks + [~mask for mask in masks], k_drop + k_grow,
-                              self.backend.communicator)
-        return chosen[:len(masks)], chosen[len(masks):]
+    def _select(self, scores: Sequence[torch.Tensor], eligible: Sequence[torch.Tensor | None],
+                layers: Sequence[int], counts: Sequence[int]) -> list[torch.Tensor]:
+        """The exact top-``counts[i]`` of each layer's scores, or with ``structure: fan_in`` the same
+        number in every row (``counts`` are then whole multiples of the layer's rows)."""
+        communicator = self.backend.communicator
+        if not self.fan_in:
+            return select_top_k(scores, eligible, counts, communicator)
+        per_row = []
+        for index, count in zip(layers, counts):
+            rows = self.layers[index].spec.numel // self._row_lengths[index]
+            if count % rows:
+                raise ValueError(f"structure fan_in: layer '{self.layers[index].spec.name}' would change {count} "
+                                 f"weights, not a whole number per row ({rows} rows)")
+            per_row.append(count // rows)
+        return select_top_k_per_row(scores, eligible, per_row,
+                                    [LocalSlice(self.layers[i].start, self.layers[i].mask.numel()) for i in layers],
+                                    [self._row_lengths[i] for i in layers], [self._shared_rows[i] for i in layers],
+                                    communicator)
+
+    def _refuse_fan_in(self, change: MaskChange) -> None:
+        if self.fan_in:
+            raise ValueError(f"structure fan_in: method '{self.method.name}' asked for a {change.kind} over all "
+                             "layers together, which does not keep rows equal")
 
     def _changed_counts(self, dropped: Sequence[torch.Tensor], grown: Sequence[torch.Tensor]):
         """Global numbers of dropped and grown weights per layer (one all-reduce)."""

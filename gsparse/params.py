@@ -7,7 +7,7 @@ from fnmatch import fnmatchcase
 
 import torch
 
-from gsparse.distributions import active_counts, layer_densities
+from gsparse.distributions import active_counts, layer_densities, round_half_up
 from gsparse.options import RecipeError
 
 # The attribute of a module listing the names of the method parameters gsparse registered on it
@@ -86,6 +86,9 @@ def sparse_param_specs(model: torch.nn.Module, recipe) -> list[SparseParamSpec]:
     densities = layer_densities(shapes, recipe.sparsity, recipe.distribution, custom=custom,
                                 erk_power_scale=recipe.erk_power_scale)
     counts = active_counts(shapes, densities)
+    if getattr(recipe, "structure", "unstructured") == "fan_in":  # whole rows: the count per row, times rows
+        counts = {n: shapes[n][0] * round_half_up(count / shapes[n][0]) if len(shapes[n]) else count
+                  for n, count in counts.items()}
     return [SparseParamSpec(n, torch.Size(shapes[n]), densities[n], counts[n]) for n in shapes]
 
 

@@ -29,6 +29,8 @@ Every key is checked before training starts; a bad key or value raises one
                                   # keep inactive weights zero (torch SGD, Adam, AdamW, ...)
     execution: dense              # dense | sparse | auto: run sparse linear layers with CSR kernels
                                   # (auto: per layer, where a one-time micro-benchmark says it pays)
+    structure: unstructured       # unstructured | fan_in: every output (row) keeps the same number
+                                  # of active inputs, through every update (SRigL's constant fan-in)
 
 Run-relative values: every step count (the schedule's, and a method's such as ADMM's phases or
 MEST's milestones) may be ``"N%"`` of the run's optimizer steps, and the epoch-keyed methods'
@@ -83,6 +85,7 @@ _RECIPE_OPTIONS = {
     "seed": Option(0, integer(0)),
     "mask_weights_after_step": Option("auto", choice("auto", "always")),
     "execution": Option("dense", choice("dense", "sparse", "auto")),
+    "structure": Option("unstructured", choice("unstructured", "fan_in")),
 }
 
 
@@ -115,6 +118,7 @@ class Recipe:
     # set by fit_to_run: {"total_steps", "steps_per_epoch", "resolved": {key: {"given", "value"}}}
     fitted_to: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)
     execution: str = "dense"  # see gsparse.kernels.execution
+    structure: str = "unstructured"  # or "fan_in": the same active count in every row of a layer
 
     @property
     def method_class(self):
@@ -202,12 +206,17 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
     if top["execution"] == "sparse" and method_class.sparse_execution_problem():
         raise RecipeError("execution", f"'sparse' needs a method that keeps its layers sparse between mask "
                                        f"changes; {method_class.sparse_execution_problem()}: use dense or auto")
+    if top["structure"] == "fan_in" and not method_class.supports_fan_in:
+        raise RecipeError("structure", f"'fan_in' needs a method whose mask changes keep every row's active count "
+                                       f"(rigl, dst_ee, set, static and other drop/grow methods); "
+                                       f"'{top['method']}' is not one")
     method_args = resolve_options(top["method_args"], method_class.options, "method_args.")
     return Recipe(
         method=top["method"], sparsity=top["sparsity"], distribution=top["distribution"],
         erk_power_scale=top["erk_power_scale"], layer_sparsity=top["layer_sparsity"], params=params,
         schedule=schedule, method_args=method_args, seed=top["seed"],
         mask_weights_after_step=top["mask_weights_after_step"], source=source, execution=top["execution"],
+        structure=top["structure"],
     )
 
 

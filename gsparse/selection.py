@@ -280,3 +280,74 @@ def reference_top_k(scores: torch.Tensor, eligible: torch.Tensor | None, k: int)
     if k:
         selected[torch.topk(composite, k).indices] = True
     return selected
+
+
+def split_rows(slices: Sequence[LocalSlice], row_lengths: Sequence[int], numels: Sequence[int],
+               communicator: Communicator | None = None) -> list[list[int]]:
+    """Per layer, the rows (of ``row_length`` elements) that more than one rank holds a part of,
+    the same list on every rank (one all-reduce of every rank's piece boundaries)."""
+    communicator = communicator or LocalCommunicator()
+    bounds = torch.zeros(len(slices), communicator.world_size, 2, dtype=torch.int64)
+    for layer, piece in enumerate(slices):
+        bounds[layer, communicator.rank] = torch.tensor([piece.start, piece.start + piece.length])
+    if communicator.world_size > 1:
+        communicator.all_reduce_sum(bounds)
+    rows = []
+    for layer, (row_length, numel) in enumerate(zip(row_lengths, numels)):
+        cuts = {int(b) for b in bounds[layer].reshape(-1).tolist() if 0 < b < numel and b % row_length}
+        rows.append(sorted({cut // row_length for cut in cuts}))
+    return rows
+
+
+def select_top_k_per_row(
+    scores: Sequence[torch.Tensor],
+    eligible: Sequence[torch.Tensor | None],
+    k: Sequence[int],
+    slices: Sequence[LocalSlice],
+    row_lengths: Sequence[int],
+    shared_rows: Sequence[Sequence[int]],
+    communicator: Communicator | None = None,
+) -> list[torch.Tensor]:
+    """Select, per layer, the ``k[l]`` largest eligible scores in every row (constant fan-in).
+
+    The rule of :func:`select_top_k` row by row: float32 order, NaN lowest, ties by the lower
+    global index. ``slices`` place each layer's local 1-D piece in the flattened parameter;
+    ``row_lengths`` are the rows' sizes (the fan-in); ``shared_rows`` (:func:`split_rows`) are
+    the rows split across ranks: those go through the distributed selection, every row this rank
+    holds whole is selected locally. Each row must have at least ``k`` eligible positions.
+    """
+    communicator = communicator or LocalCommunicator()
+    selected = [torch.zeros(score.numel(), dtype=torch.bool, device=score.device) for score in scores]
+    pieces, pieces_eligible, pieces_k, placements = [], [], [], []
+    for layer, (score, allowed, count, piece, row_length) in enumerate(
+            zip(scores, eligible, k, slices, row_lengths)):
+        shared = set(shared_rows[layer])
+        first_row, end = piece.start // row_length, piece.start + piece.length
+        last_row = -(-end // row_length)  # exclusive
+        for row in sorted(shared):  # every rank lists every shared row, empty where it holds none of it
+            begin, stop = max(row * row_length, piece.start), min((row + 1) * row_length, end)
+            begin, stop = (begin, stop) if begin < stop else (piece.start, piece.start)
+            local = slice(begin - piece.start, stop - piece.start)
+            pieces.append(score[local])
+            pieces_eligible.append(None if allowed is None else allowed[local])
+            pieces_k.append(count)
+            placements.append((layer, local))
+        whole = [row for row in range(first_row, last_row)
+                 if row not in shared and row * row_length >= piece.start and (row + 1) * row_length <= end]
+        if not whole or count == 0:
+            continue
+        offset = whole[0] * row_length - piece.start
+        block = slice(offset, offset + len(whole) * row_length)  # whole rows are consecutive
+        keys = order_keys(score[block]).to(torch.int64).view(len(whole), row_length)
+        if allowed is not None:
+            keys = keys.masked_fill(~allowed[block].view(len(whole), row_length), torch.iinfo(torch.int64).min)
+        order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :count]
+        if allowed is not None and not bool(allowed[block].view(len(whole), row_length).gather(1, order).all()):
+            raise ValueError(f"layer {layer}: a row has fewer than {count} eligible positions")
+        chosen = torch.zeros(len(whole), row_length, dtype=torch.bool, device=score.device)
+        chosen.scatter_(1, order, True)
+        selected[layer][block] = chosen.view(-1)
+    if pieces:
+        for (layer, local), chosen in zip(placements, select_top_k(pieces, pieces_eligible, pieces_k, communicator)):
+            selected[layer][local] |= chosen
+    return selected

@@ -20,7 +20,7 @@ TRAIN_CONFIGS = ["0-dst_ee", "0-rigl", "1-dst_ee", "1-rigl", "2-dst_ee", "2-rigl
                  "0-admm", "1-admm", "2-admm", "3-admm", "2-gmp", "3-gmp", "3-dst_ee-always", "1-rigl-always",
                  "0-dst_ee-fp16", "1-rigl-fp16", "2-dst_ee-fp16", "3-rigl-fp16",
                  "0-rigl-csr", "1-dst_ee-csr", "2-rigl-csr", "3-dst_ee-csr", "2-dst_ee-csr-gas2", "1-rigl-auto",
-                 "3-rigl-auto"]
+                 "3-rigl-auto", "1-set-fanin", "2-rigl-fanin", "3-dst_ee-fanin"]
 
 
 def _free_port() -> int:
@@ -122,6 +122,16 @@ def test_auto_execution_under_zero_decides_every_layer_and_equals_single_process
     assert entry["execution"] == ["dense", "sparse"]  # rank 0 chose 2.weight sparse (injected timing); all follow
     assert entry["builds"][1] == entry["updates"] + 1
     assert entry["masks_equal"] and entry["counters_equal"] and entry["max_weight_diff"] <= 1e-5
+
+
+@pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if "fanin" in c])
+def test_constant_fan_in_under_zero_keeps_rows_equal_and_equals_single_process(results, config):
+    """structure: fan_in with 2 ranks: rows cut between the ranks' partitions go through the
+    distributed selection, whole rows are selected locally; every row holds the same count and the
+    masks equal the single-process run's (also in test_masks_and_counters_equal_single_process)."""
+    entry = results[f"two:train/{config}"]
+    assert all(len(counts) == 1 for counts in entry["row_counts"].values()), entry["row_counts"]
+    assert entry["masks_equal"] and entry["updates"] == 15
 
 
 def test_runner_at_zero3_runs_sparse_and_exports_the_gathered_model(results):

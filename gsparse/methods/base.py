@@ -175,6 +175,9 @@ class SparseMethod:
     enforces_mask: ClassVar[bool] = True
     dormant_weights: ClassVar[bool] = False
     exact_target: ClassVar[bool] = True
+    # its mask changes keep every row's active count (swaps; the initial reselect): it can run with
+    # the recipe's ``structure: fan_in``
+    supports_fan_in: ClassVar[bool] = False
 
     def __init__(self, **args: Any):
         resolved = resolve_options(args, self.options, "method_args.")
@@ -288,6 +291,8 @@ class SparseMethod:
 class DropGrowMethod(SparseMethod):
     """Sparse from scratch, a swap on the schedule (RigL's drop/grow updater): subclasses only
     change :meth:`drop_score` / :meth:`grow_score`."""
+
+    supports_fan_in = True
 
     def mask_change(self, step: int) -> MaskChange | None:
         if not self.schedule.is_update_step(step):

@@ -4,3 +4,4 @@ from gsparse.methods.base import SparseMethod
 
 class Static(SparseMethod):
     name = "static"
+    supports_fan_in = True

@@ -64,7 +64,11 @@ def batch(step: int, micro: int = 0):
     return inputs, targets
 
 
-def recipe(method: str, interval: int = 10, last: int = 150) -> dict:
+def recipe(method: str, interval: int = 10, last: int = 150, structure: str = "unstructured") -> dict:
+    return {**_recipe(method, interval, last), "structure": structure}
+
+
+def _recipe(method: str, interval: int, last: int) -> dict:
     if method == "admm":  # ZeRO-sharded Z and U, projected with the distributed top-k
         return {"method": "admm", "sparsity": 0.85, "distribution": "erk", "seed": 5,
                 "method_args": {"pretrain_steps": 40, "admm_steps": 80, "admm_interval": 20, "rho": 0.05,
@@ -203,8 +207,9 @@ def scenario_train(results: dict, configs: list[str]):
 
             execution_module.choose_execution = lambda out, inp, nnz, rows, dtype, device: ExecutionChoice(
                 "sparse" if out * inp >= 48 * 32 else "dense", 2.0, 1.0 if out * inp >= 48 * 32 else 3.0, "test")
+        structure = "fan_in" if "fanin" in options else "unstructured"
         engine, sparsifier = build(stage, method, accumulation=accumulation, dtype=dtype,
-                                   weight_masking=weight_masking, execution=execution)
+                                   weight_masking=weight_masking, execution=execution, structure=structure)
         if sparsifier.engine.mask_weights_after_step != (weight_masking == "always"):
             raise AssertionError(f"{config}: AdamW should let gsparse skip the post-step masking")
         violations = {"active_count": 0, "master_nonzero": 0, "low_precision_nonzero": 0}
@@ -219,10 +224,13 @@ def scenario_train(results: dict, configs: list[str]):
                  "local_numel": {n: int(m.numel()) for n, (_, m) in sparsifier.local_masks().items()},
                  "execution": sorted({entry["mode"] for entry in sparsifier.execution_report().values()}),
                  "builds": [layer.builds for layer in sparsifier.execution.layers] if sparsifier.execution else []}
+        rows = {spec.name: spec.shape[0] for spec in sparsifier.specs}
+        entry["row_counts"] = {name: sorted(set(mask.reshape(rows[name], -1).sum(1).tolist()))
+                               for name, mask in masks.items()}
         if dist.get_rank() == 0 and dtype == "fp32":
-            key = (method, accumulation)
+            key = (method, accumulation, structure)
             if key not in references:
-                references[key] = reference_run(method, STEPS, accumulation=accumulation)
+                references[key] = reference_run(method, STEPS, accumulation=accumulation, structure=structure)
             ref_masks, ref_counters, ref_weights, ref_sparsifier = references[key]
             entry["masks_equal"] = all(torch.equal(masks[n], ref_masks[n]) for n in ref_masks)
             entry["counters_equal"] = all(torch.equal(counters[n], ref_counters[n]) for n in ref_counters)
