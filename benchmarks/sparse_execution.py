@@ -54,7 +54,7 @@ import torch
 
 import gsparse
 from gsparse.training import RunContext
-from sparse_linear import cpu_model  # noqa: E402  (this folder is on sys.path when run as a script)
+from sparse_linear import resident_kb, cpu_model  # noqa: E402  (this folder is on sys.path when run as a script)
 
 MODES = ("dense", "sparse", "auto")
 SPARSITIES = (0.9, 0.95, 0.98)
@@ -249,14 +249,6 @@ def measure(task, method: str, sparsity: float, include, steps: int, update_inte
 
 # ---- peak memory in a fresh process --------------------------------------------------------------
 
-def _resident_kb(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def _warm_kernels() -> None:
     """Train a tiny dense and a tiny CSR layer so that loading kernels and thread pools is not measured."""
     from gsparse.kernels import CSRStructure, csr_linear
@@ -281,12 +273,12 @@ def peak_memory_child(hidden: int, predictor_hidden: int, method: str, sparsity:
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")  # resets VmHWM to the current resident set
-        baseline, method_used = _resident_kb("VmRSS"), "VmHWM growth after clear_refs"
+        baseline, method_used = resident_kb("VmRSS"), "VmHWM growth after clear_refs"
     except OSError:
         baseline, method_used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss growth"
     for batch in batches:
         run.step(batch)
-    peak = _resident_kb("VmHWM") if method_used.startswith("VmHWM") else \
+    peak = resident_kb("VmHWM") if method_used.startswith("VmHWM") else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"growth_mb": round((peak - baseline) / 2**10, 1), "peak_rss_mb": round(peak / 2**10, 1),
             "method": method_used}

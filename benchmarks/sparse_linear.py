@@ -146,7 +146,7 @@ def measure_speed(out_features, in_features, density, batch, device, adamw, roun
     }
 
 
-def _resident_kb(field: str) -> int:
+def resident_kb(field: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith(field + ":"):
@@ -170,7 +170,7 @@ def peak_memory_mb(out_features, in_features, density, batch, device, adamw, spa
         try:
             with open("/proc/self/clear_refs", "w") as clear_refs:
                 clear_refs.write("5")  # resets VmHWM to the current resident set
-            baseline, method = _resident_kb("VmRSS"), "VmHWM growth after clear_refs"
+            baseline, method = resident_kb("VmRSS"), "VmHWM growth after clear_refs"
         except OSError:
             baseline, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss growth"
     layer.start_training(sparse)
@@ -178,7 +178,7 @@ def peak_memory_mb(out_features, in_features, density, batch, device, adamw, spa
         layer.training_step(sparse)
     if device.startswith("cuda"):
         return (torch.cuda.max_memory_allocated() - baseline) / 2**20, method
-    peak = _resident_kb("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = resident_kb("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return (peak - baseline) / 2**10, method
 
 
