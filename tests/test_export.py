@@ -310,3 +310,17 @@ def test_runner_exports_the_final_model(tmp_path):
         assert torch.allclose(exported(inputs), final.eval()(inputs), rtol=0, atol=1e-5)
     compact = load_compact(folder / record["compact"])
     assert all(torch.equal(compact[name], value) for name, value in final.state_dict().items())
+
+
+def test_runner_refuses_to_export_a_method_that_transforms_weights_in_forward(tmp_path):
+    """AutoSparse computes with a thresholded copy of the weights: their stored values are not the
+    trained model, so export is refused before training."""
+    from gsparse.training import RunConfig, train
+
+    recipe = {"method": "autosparse", "sparsity": 0.9, "params": {"include": ["3.weight"]},
+              "method_args": {"steps_per_epoch": "auto", "epochs": "auto"}}
+    with pytest.raises(ValueError, match="export: method 'autosparse' computes with weights transformed in "
+                                         "forward"):
+        train(_wide_task(), RunConfig(epochs=1, recipe=recipe, run_dir=str(tmp_path / "run"), progress=False,
+                                      export=True, log=lambda line: None))
+    assert not (tmp_path / "run" / "export").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
