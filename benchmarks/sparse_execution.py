@@ -44,9 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -54,7 +52,7 @@ import torch
 
 import gsparse
 from gsparse.training import RunContext
-from sparse_linear import resident_kb, cpu_model  # noqa: E402  (this folder is on sys.path when run as a script)
+from sparse_linear import PeakResident, cpu_model, run_memory_child  # noqa: E402  (this folder is on sys.path when run as a script)
 
 MODES = ("dense", "sparse", "auto")
 SPARSITIES = (0.9, 0.95, 0.98)
@@ -270,27 +268,16 @@ def peak_memory_child(hidden: int, predictor_hidden: int, method: str, sparsity:
     batches = batches_for(task, steps)
     run = Run(task, recipe(method, sparsity, mode, LINKPRED_INCLUDE, update_interval, steps), steps)
     _warm_kernels()
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # resets VmHWM to the current resident set
-        baseline, method_used = resident_kb("VmRSS"), "VmHWM growth after clear_refs"
-    except OSError:
-        baseline, method_used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss growth"
+    resident = PeakResident()
     for batch in batches:
         run.step(batch)
-    peak = resident_kb("VmHWM") if method_used.startswith("VmHWM") else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"growth_mb": round((peak - baseline) / 2**10, 1), "peak_rss_mb": round(peak / 2**10, 1),
-            "method": method_used}
+    peak = resident.peak_kb()
+    return {"growth_mb": round((peak - resident.baseline) / 2**10, 1), "peak_rss_mb": round(peak / 2**10, 1),
+            "method": resident.method}
 
 
 def memory_in_subprocess(*configuration) -> dict:
-    arguments = [sys.executable, __file__, "--memory-child", json.dumps(configuration)]
-    package_root = os.path.dirname(os.path.dirname(gsparse.__file__))  # the child imports this same gsparse
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
-               MALLOC_MMAP_THRESHOLD_="65536")  # freed tensors go back at once: peaks repeat run to run
-    result = subprocess.run(arguments, capture_output=True, text=True, check=True, env=env)
-    return json.loads(result.stdout)
+    return run_memory_child(__file__, configuration)
 
 
 # ---- main ----------------------------------------------------------------------------------------

@@ -154,6 +154,27 @@ def resident_kb(field: str) -> int:
     raise KeyError(field)
 
 
+class PeakResident:
+    """This process's peak resident memory from now on: VmHWM, reset through /proc/self/clear_refs,
+    or the lifetime ru_maxrss where that is not possible."""
+
+    def __init__(self):
+        try:
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")  # resets VmHWM to the current resident set
+            self.baseline, self.method = resident_kb("VmRSS"), "VmHWM growth after clear_refs"
+        except OSError:
+            self.baseline, self.method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss growth"
+
+    def peak_kb(self) -> int:
+        if self.method.startswith("VmHWM"):
+            return resident_kb("VmHWM")
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def growth_kb(self) -> int:
+        return self.peak_kb() - self.baseline
+
+
 def peak_memory_mb(out_features, in_features, density, batch, device, adamw, sparse: bool) -> tuple[float, str]:
     """Peak memory growth of ``MEMORY_STEPS`` training steps (this process must be fresh on CPU)."""
     warm_up = Layer(64, 64, density, 8, device, adamw)  # loads kernels and thread pools outside the measurement
@@ -167,30 +188,31 @@ def peak_memory_mb(out_features, in_features, density, batch, device, adamw, spa
         torch.cuda.reset_peak_memory_stats()
         method = "torch.cuda.max_memory_allocated"
     else:
-        try:
-            with open("/proc/self/clear_refs", "w") as clear_refs:
-                clear_refs.write("5")  # resets VmHWM to the current resident set
-            baseline, method = resident_kb("VmRSS"), "VmHWM growth after clear_refs"
-        except OSError:
-            baseline, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss growth"
+        resident = PeakResident()
+        method = resident.method
     layer.start_training(sparse)
     for _ in range(MEMORY_STEPS):
         layer.training_step(sparse)
     if device.startswith("cuda"):
         return (torch.cuda.max_memory_allocated() - baseline) / 2**20, method
-    peak = resident_kb("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (peak - baseline) / 2**10, method
+    return resident.growth_kb() / 2**10, method
 
 
-def memory_in_subprocess(*configuration) -> tuple[float, str]:
-    arguments = [sys.executable, __file__, "--memory-child", json.dumps(configuration)]
+def run_memory_child(script: str, configuration) -> object:
+    """Run ``script --memory-child <configuration as JSON>`` in a fresh process (the same gsparse on
+    its path) and return the JSON it prints."""
+    arguments = [sys.executable, script, "--memory-child", json.dumps(configuration)]
     package_root = os.path.dirname(os.path.dirname(gsparse.__file__))  # the child imports this same gsparse
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
                # a fixed mmap threshold: glibc then returns every freed tensor at once, instead of keeping
                # some in its heap depending on the order of allocations, so that peaks repeat run to run
                MALLOC_MMAP_THRESHOLD_="65536")
     result = subprocess.run(arguments, capture_output=True, text=True, check=True, env=env)
-    peak, method = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def memory_in_subprocess(*configuration) -> tuple[float, str]:
+    peak, method = run_memory_child(__file__, configuration)
     return peak, method
 
 

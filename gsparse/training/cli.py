@@ -7,6 +7,24 @@ import dataclasses
 from typing import Any, Mapping
 
 
+RUN_HELP = {  # the help of the run options every task's config has (RunConfig's fields)
+    "recipe": "gsparse recipe YAML; omit for dense training (or put it under 'gsparse' in the DeepSpeed config)",
+    "deepspeed_config": "DeepSpeed JSON config: run under `deepspeed` or `torchrun`",
+    "run_dir": "folder for log.csv, updates.jsonl, metrics.json and checkpoints",
+    "progress": "a progress bar per epoch",
+    "resume": "continue from the run folder's last checkpoint",
+    "export": "at the end, write the final model as plain PyTorch with its large sparse linear layers in CSR "
+              "(run_dir/export/model.pt), the weights as a compact file (indices + values) and export.json",
+    "collective_timeout": "seconds a training step may wait for the other ranks before this rank stops (exit "
+                          "code 124) and the launcher ends the run: a hung rank never stalls the others for long "
+                          "(default $GSPARSE_COLLECTIVE_TIMEOUT, else 600)",
+    "resume_anyway": "with --resume: resume although the checkpoint was trained on other data (its task/dataset "
+                     "fingerprint differs); a different method, sparsity, recipe or sparse layers is never resumed",
+    "deterministic": "deterministic torch kernels: bitwise-repeatable runs and resumes",
+    "max_nonfinite_steps": "optimizer steps in a row with a non-finite loss before the run stops as diverged",
+}
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_class, help_texts: Mapping[str, str],
                          skip: tuple[str, ...] = (), choices: Mapping[str, tuple] | None = None) -> None:
     """``--<field>`` for every field of ``config_class`` (booleans as ``--x/--no-x``), plus

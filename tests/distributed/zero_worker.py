@@ -871,43 +871,24 @@ def main():
     enable_cpu_fp16()
     workdir = Path(args.workdir)
     results: dict = {}
+    with_workdir = {"resume": scenario_resume, "reshard_save": scenario_reshard_save,
+                    "runner_save": scenario_runner_save, "runner_resume": scenario_runner_resume,
+                    "runner_export": scenario_runner_export, "elastic_save": scenario_elastic_save,
+                    "elastic_load": scenario_elastic_load}
+    results_only = {"select": scenario_select, "fp16_overflow": scenario_fp16_overflow, "cnn": scenario_cnn,
+                    "seams": scenario_seams, "admm_groups": scenario_admm_groups, "gather": scenario_gather,
+                    "nonfinite": scenario_nonfinite, "refusals": scenario_refusals}
     for scenario in args.scenarios.split(","):
         if scenario == "train":
             scenario_train(results, args.train_configs.split(","))
-        elif scenario == "select":
-            scenario_select(results)
-        elif scenario == "resume":
-            scenario_resume(results, workdir)
-        elif scenario == "fp16_overflow":
-            scenario_fp16_overflow(results)
-        elif scenario == "cnn":
-            scenario_cnn(results)
         elif scenario == "method_cases":
             scenario_method_cases(results, workdir, args.cases.split(",") if args.cases else None)
-        elif scenario == "seams":
-            scenario_seams(results)
-        elif scenario == "admm_groups":
-            scenario_admm_groups(results)
-        elif scenario == "gather":
-            scenario_gather(results)
-        elif scenario == "nonfinite":
-            scenario_nonfinite(results)
-        elif scenario == "refusals":
-            scenario_refusals(results)
-        elif scenario == "reshard_save":
-            scenario_reshard_save(results, workdir)
-        elif scenario == "runner_save":
-            scenario_runner_save(results, workdir)
-        elif scenario == "runner_resume":
-            scenario_runner_resume(results, workdir)
-        elif scenario == "runner_export":
-            scenario_runner_export(results, workdir)
-        elif scenario == "elastic_save":
-            scenario_elastic_save(results, workdir)
-        elif scenario == "elastic_load":
-            scenario_elastic_load(results, workdir)
         elif scenario.startswith("reshard_load_from_"):
             scenario_reshard_load(results, workdir, int(scenario.rsplit("_", 1)[1]))
+        elif scenario in with_workdir:
+            with_workdir[scenario](results, workdir)
+        elif scenario in results_only:
+            results_only[scenario](results)
         else:
             raise ValueError(scenario)
         dist.barrier()

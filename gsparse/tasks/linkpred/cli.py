@@ -9,9 +9,10 @@ import argparse
 import sys
 
 from gsparse.tasks.linkpred.train import CHOICES, LinkPredConfig, train_link_prediction
-from gsparse.training.cli import add_config_arguments, config_values
+from gsparse.training.cli import RUN_HELP, add_config_arguments, config_values
 
 HELP = {
+    **RUN_HELP,
     "dataset": "dataset card name (collegemsg, ia-email, wiki-talk) or an edge-list file",
     "data_dir": "folder holding the dataset cards' files (default: $GSPARSE_DATA, else graphs/data)",
     "format": "edge-list format; auto reads the file's first lines (never its name)",
@@ -42,26 +43,12 @@ HELP = {
     "optimizer": "adamw, or sgd with Nesterov momentum 0.9",
     "lr": "peak learning rate (cosine decay to 0 over the run)",
     "weight_decay": "weight decay of the optimizer",
-    "recipe": "gsparse recipe YAML; omit for dense training (or put it under 'gsparse' in the DeepSpeed config)",
-    "deepspeed_config": "DeepSpeed JSON config: run under `deepspeed` or `torchrun`",
-    "run_dir": "folder for log.csv, updates.jsonl, metrics.json and checkpoints",
     "seed": "seed of the split, the negatives, the initial weights and the batch order",
     "baselines": "score the no-learning baselines (EdgeBank, common neighbours, Adamic-Adar, preferential "
                  "attachment) on the same slices and say whether the model beats them",
     "threads": "intra-op threads per rank (default: usable cores / ranks on this node)",
-    "progress": "a progress bar per epoch",
-    "resume": "continue from the run folder's last checkpoint",
-    "export": "at the end, write the final model as plain PyTorch with its large sparse linear layers in CSR "
-              "(run_dir/export/model.pt), the weights as a compact file (indices + values) and export.json",
-    "collective_timeout": "seconds a training step may wait for the other ranks before this rank stops (exit "
-                          "code 124) and the launcher ends the run: a hung rank never stalls the others for long "
-                          "(default $GSPARSE_COLLECTIVE_TIMEOUT, else 600)",
-    "resume_anyway": "with --resume: resume although the checkpoint was trained on other data (its task/dataset "
-                     "fingerprint differs); a different method, sparsity, recipe or sparse layers is never resumed",
-    "deterministic": "deterministic torch kernels: bitwise-repeatable runs and resumes",
     "accumulation_steps": "micro-batches per optimizer step (default 1; under DeepSpeed the config's "
                           "gradient_accumulation_steps)",
-    "max_nonfinite_steps": "optimizer steps in a row with a non-finite loss before the run stops as diverged",
 }
 
 

@@ -5,13 +5,12 @@ import argparse
 import sys
 
 from gsparse.tasks.vision.train import CHOICES, VisionConfig, train_image_classifier
-from gsparse.training.cli import add_config_arguments, config_values
+from gsparse.training.cli import RUN_HELP, add_config_arguments, config_values
 
 _HELP = {
+    **RUN_HELP,
     "dataset": "digits is bundled; CIFAR and ImageNet come from data_dir",
     "data_dir": "CIFAR: the folder with cifar-10-batches-py / cifar-100-python; ImageNet: train/ and val/",
-    "recipe": "gsparse recipe YAML; omit for dense training (or put it under 'gsparse' in the DeepSpeed config)",
-    "deepspeed_config": "DeepSpeed JSON config: run under `deepspeed` or `torchrun`",
     "batch_size": "global batch size (split over ranks and micro-batches)",
     "accumulation_steps": "micro-batches per optimizer step (default 1; under DeepSpeed the config's)",
     "model": "network: small_resnet (digits), cifar_resnet50, cifar_vgg19 (32x32 inputs) or resnet50 (ImageNet)",
@@ -23,19 +22,7 @@ _HELP = {
     "label_smoothing": "label smoothing of the cross-entropy loss",
     "sync_batchnorm": "synchronise BatchNorm statistics across ranks (needs CUDA; default: per rank)",
     "workers": "DataLoader worker processes decoding ImageNet",
-    "run_dir": "folder for log.csv, updates.jsonl, metrics.json and checkpoints",
     "seed": "seed of the initial weights, the augmentation and the batch order",
-    "progress": "a progress bar per epoch",
-    "resume": "continue from the run folder's last checkpoint",
-    "export": "at the end, write the final model as plain PyTorch with its large sparse linear layers in CSR "
-              "(run_dir/export/model.pt), the weights as a compact file (indices + values) and export.json",
-    "collective_timeout": "seconds a training step may wait for the other ranks before this rank stops (exit "
-                          "code 124) and the launcher ends the run: a hung rank never stalls the others for long "
-                          "(default $GSPARSE_COLLECTIVE_TIMEOUT, else 600)",
-    "resume_anyway": "with --resume: resume although the checkpoint was trained on other data (its task/dataset "
-                     "fingerprint differs); a different method, sparsity, recipe or sparse layers is never resumed",
-    "max_nonfinite_steps": "optimizer steps in a row with a non-finite loss before the run stops as diverged",
-    "deterministic": "deterministic torch kernels: bitwise-repeatable runs and resumes",
 }
 
 
