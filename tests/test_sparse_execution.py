@@ -270,3 +270,17 @@ def test_a_resumed_auto_run_decides_pending_layers_on_the_rows_it_then_sees(monk
     report = resumed.execution_report()
     assert report["2.weight"]["mode"] == "sparse"
     assert report["2.weight"]["reason"] == "auto at 4 rows: dense 2.000 ms, sparse 1.000 ms per forward+backward"
+
+
+def test_a_sparse_layer_more_than_half_active_says_it_runs_dense():
+    model = _model()
+    sparsifier = gsparse.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                    {"method": "rigl", "sparsity": 0.3, "execution": "sparse"})
+    entry = sparsifier.execution_report()["0.weight"]
+    assert entry["mode"] == "sparse" and entry["density"] == pytest.approx(0.7, abs=1e-3)
+    assert entry["reason"] == "execution: sparse; 0.70 of its weights active now, above 0.5: runs dense until then"
+    inputs = torch.randn(3, 24, dtype=torch.float64)
+    reference = _model()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(model(inputs), reference(inputs))  # F.linear ran, bit for bit

@@ -65,6 +65,8 @@ class LayerExecution:
                       or self.density <= MAX_SPARSE_DENSITY else
                       f"auto: {self.density:.2f} of its weights active, above {MAX_SPARSE_DENSITY}: dense until a "
                       "mask update makes it sparser, then decided")
+        if self.mode == "sparse" and self.structure is None and self.density > MAX_SPARSE_DENSITY:
+            reason += f"; {self.density:.2f} of its weights active now, above {MAX_SPARSE_DENSITY}: runs dense until then"
         return {"mode": self.mode, "reason": reason, "dense_ms": self.dense_ms, "sparse_ms": self.sparse_ms,
                 "density": self.density}
 
