@@ -27,7 +27,8 @@ from gsparse.distributions import round_half_up
 from gsparse.methods.base import LayerInfo, LayerView, MaskChange, SparseMethod
 from gsparse.params import SparseParamSpec
 from gsparse.schedules import UpdateSchedule
-from gsparse.selection import LocalSlice, select_top_k, select_top_k_global, select_top_k_per_row, split_rows
+from gsparse.selection import (LocalSlice, matrix_shape, select_top_k, select_top_k_blocks, select_top_k_global,
+                               select_top_k_per_row, split_block_rows, split_rows)
 
 if TYPE_CHECKING:
     from gsparse.recipe import Recipe
@@ -76,7 +77,7 @@ class SparseEngine:
     def __init__(self, specs: Sequence[SparseParamSpec], method: SparseMethod, schedule: UpdateSchedule,
                  backend: Backend, seed: int = 0, mask_weights_after_step: bool = True,
                  layer_parameters: Sequence[dict[str, torch.nn.Parameter]] | None = None,
-                 structure: str = "unstructured"):
+                 structure: str = "unstructured", block_size: tuple[int, int] = (4, 4)):
         self.method = method
         self.schedule = schedule
         self.backend = backend
@@ -102,12 +103,22 @@ class SparseEngine:
                      schedule)
         self.layers = [self._initial_layer(index, spec) for index, spec in enumerate(specs)]
         self.fan_in = structure == "fan_in"  # every row of a layer keeps the same active count
+        self.block = tuple(block_size) if structure == "block" else None  # masks are whole blocks of this shape
+        pieces = [LocalSlice(layer.start, layer.mask.numel()) for layer in self.layers]
         if self.fan_in:
             self._row_lengths = [max(spec.numel // max(spec.shape[0], 1), 1) if len(spec.shape) else spec.numel
                                  for spec in specs]
-            self._shared_rows = split_rows([LocalSlice(layer.start, layer.mask.numel()) for layer in self.layers],
-                                           self._row_lengths, [spec.numel for spec in specs],
+            self._shared_rows = split_rows(pieces, self._row_lengths, [spec.numel for spec in specs],
                                            backend.communicator)  # one all-reduce, once
+        if self.block is not None:
+            self._matrix_shapes = [matrix_shape(spec.shape) for spec in specs]
+            for spec, (rows, cols) in zip(specs, self._matrix_shapes):
+                if rows % self.block[0] or cols % self.block[1] or spec.active_count % (self.block[0] * self.block[1]):
+                    raise ValueError(f"structure block: {self.block[0]} x {self.block[1]} blocks do not tile layer "
+                                     f"'{spec.name}' of shape {tuple(spec.shape)} (a {rows} x {cols} matrix) with "
+                                     f"{spec.active_count} active weights: exclude it or pick another block size")
+            self._shared_block_rows = split_block_rows(pieces, self._matrix_shapes, [self.block] * len(specs),
+                                                       backend.communicator)  # one all-reduce, once
         self._select_initial_masks()
 
     @classmethod
@@ -118,7 +129,8 @@ class SparseEngine:
         skip = recipe.mask_weights_after_step == "auto" and keeps_inactive_weights_zero(backend.optimizer)
         return cls(specs, recipe.build_method(), recipe.schedule, backend, seed=recipe.seed,
                    mask_weights_after_step=not skip, layer_parameters=layer_parameters,
-                   structure=getattr(recipe, "structure", "unstructured"))
+                   structure=getattr(recipe, "structure", "unstructured"),
+                   block_size=getattr(recipe, "block_size", (4, 4)))
 
     # ---- masks -----------------------------------------------------------------------------
 
@@ -137,13 +149,14 @@ class SparseEngine:
         change = self.method.initial_change()
         if change.kind != "reselect":
             raise ValueError(f"method '{self.method.name}': initial_change() must be a MaskChange.reselect")
-        scores = [
-            hashrng.uniform(hashrng.stream_key(self.seed, "init", layer.spec.name, 0), layer.start,
-                            layer.mask.numel(), layer.mask.device)
-            for layer in self.layers
-        ]
+        scores = []
+        for index, layer in enumerate(self.layers):  # the method's score (e.g. magnitude), else a random one
+            score = self.method.initial_score(self._view(index, with_grad=False))
+            scores.append(score.reshape(-1).float() if score is not None else hashrng.uniform(
+                hashrng.stream_key(self.seed, "init", layer.spec.name, 0), layer.start, layer.mask.numel(),
+                layer.mask.device))
         if change.is_global:
-            self._refuse_fan_in(change)
+            self._refuse_structure(change)
             chosen = select_top_k_global(scores, [None] * len(scores), change.total, self.backend.communicator)
             counts = self._global_counts(chosen)
         else:
@@ -268,6 +281,7 @@ class SparseEngine:
                                "parameter has none: call backward() before optimizer.step()")
         method = self.method
         if change.kind == "assign":
+            self._refuse_structure(change)
             inputs = [[view.weight, torch.tensor(list(view.parameters.values()), dtype=torch.float32)]
                       for view in views]
         elif change.kind == "reselect":
@@ -282,6 +296,15 @@ class SparseEngine:
                     wanted = (change.layer_counts[i] // rows if change.layer_counts is not None
                               else round_half_up(change.drop_fraction * active))
                     k_drop.append(rows * min(wanted, active, row_length - active))
+                k_grow = k_drop
+            elif change.kind == "swap" and self.block is not None:  # whole blocks
+                size = self.block[0] * self.block[1]
+                k_drop = []
+                for i in layers:
+                    active, blocks = self.layers[i].active // size, self.layers[i].spec.numel // size
+                    wanted = (change.layer_counts[i] // size if change.layer_counts is not None
+                              else round_half_up(change.drop_fraction * active))
+                    k_drop.append(size * min(wanted, active, blocks - active))
                 k_grow = k_drop
             elif change.kind == "swap":
                 wanted = [change.layer_counts[i] if change.layer_counts is not None
@@ -336,7 +359,7 @@ class SparseEngine:
     def _apply_global_change(self, change: MaskChange) -> None:
         """One count over all layers, decided from weights and method state (no gradients: under
         ZeRO, later parameter groups' gradients do not exist yet when the step starts)."""
-        self._refuse_fan_in(change)
+        self._refuse_structure(change)
         layers = list(range(len(self.layers)))
         views = self._views(layers, with_grad=False)
         communicator = self.backend.communicator
@@ -372,8 +395,11 @@ class SparseEngine:
     def _select(self, scores: Sequence[torch.Tensor], eligible: Sequence[torch.Tensor | None],
                 layers: Sequence[int], counts: Sequence[int]) -> list[torch.Tensor]:
         """The exact top-``counts[i]`` of each layer's scores, or with ``structure: fan_in`` the same
-        number in every row (``counts`` are then whole multiples of the layer's rows)."""
+        number in every row (``counts`` are then whole multiples of the layer's rows), or with
+        ``structure: block`` the top blocks by score sums (``counts`` are whole blocks)."""
         communicator = self.backend.communicator
+        if self.block is not None:
+            return self._select_blocks(scores, eligible, layers, counts)
         if not self.fan_in:
             return select_top_k(scores, eligible, counts, communicator)
         per_row = []
@@ -388,10 +414,27 @@ class SparseEngine:
                                     [self._row_lengths[i] for i in layers], [self._shared_rows[i] for i in layers],
                                     communicator)
 
-    def _refuse_fan_in(self, change: MaskChange) -> None:
-        if self.fan_in:
-            raise ValueError(f"structure fan_in: method '{self.method.name}' asked for a {change.kind} over all "
-                             "layers together, which does not keep rows equal")
+    def _select_blocks(self, scores: Sequence[torch.Tensor], eligible: Sequence[torch.Tensor | None],
+                       layers: Sequence[int], counts: Sequence[int]) -> list[torch.Tensor]:
+        size = self.block[0] * self.block[1]
+        for index, count in zip(layers, counts):
+            if count % size:
+                raise ValueError(f"structure block: layer '{self.layers[index].spec.name}' would change {count} "
+                                 f"weights, not a whole number of {self.block[0]} x {self.block[1]} blocks")
+        return select_top_k_blocks(scores, eligible, [count // size for count in counts],
+                                   [LocalSlice(self.layers[i].start, self.layers[i].mask.numel()) for i in layers],
+                                   [self._matrix_shapes[i] for i in layers], [self.block] * len(layers),
+                                   [self._shared_block_rows[i] for i in layers], self.backend.communicator)
+
+    def _refuse_structure(self, change: MaskChange) -> None:
+        """Changes over all layers together, and elementwise assignments, keep neither rows nor blocks."""
+        structure = "fan_in" if self.fan_in else "block" if self.block is not None else None
+        if structure is None:
+            return
+        what = "an elementwise assign" if change.kind == "assign" else f"a {change.kind} over all layers together"
+        keeps = "rows equal" if self.fan_in else "masks in whole blocks"
+        raise ValueError(f"structure {structure}: method '{self.method.name}' asked for {what}, which does not keep "
+                         f"{keeps}")
 
     def _changed_counts(self, dropped: Sequence[torch.Tensor], grown: Sequence[torch.Tensor]):
         """Global numbers of dropped and grown weights per layer (one all-reduce)."""
@@ -473,7 +516,8 @@ class SparseEngine:
 
     def _view(self, index: int, with_grad: bool) -> LayerView:
         layer = self.layers[index]
-        parameters = self._parameter_values[index] if self.method.layer_parameters else {}
+        # (before the first step has read them, e.g. for the initial mask, the parameters are unknown)
+        parameters = self._parameter_values[index] if index < len(self._parameter_values) else {}
         return LayerView(name=layer.spec.name, step=self.step, weight=self.backend.weight(index), mask=layer.mask,
                          counter=layer.counter, grad=self.backend.grad(index) if with_grad else None,
                          global_start=layer.start, seed=self.seed, state=layer.extra,

@@ -9,6 +9,7 @@ import torch
 
 from gsparse.distributions import active_counts, layer_densities, round_half_up
 from gsparse.options import RecipeError
+from gsparse.selection import matrix_shape
 
 # The attribute of a module listing the names of the method parameters gsparse registered on it
 # (see gsparse.forward); a plain attribute, so copies of the model keep it.
@@ -86,10 +87,26 @@ def sparse_param_specs(model: torch.nn.Module, recipe) -> list[SparseParamSpec]:
     densities = layer_densities(shapes, recipe.sparsity, recipe.distribution, custom=custom,
                                 erk_power_scale=recipe.erk_power_scale)
     counts = active_counts(shapes, densities)
-    if getattr(recipe, "structure", "unstructured") == "fan_in":  # whole rows: the count per row, times rows
+    structure = getattr(recipe, "structure", "unstructured")
+    if structure == "fan_in":  # whole rows: the count per row, times rows
         counts = {n: shapes[n][0] * round_half_up(count / shapes[n][0]) if len(shapes[n]) else count
                   for n, count in counts.items()}
+    elif structure == "block":  # whole blocks, at least one where the distribution gives any weight
+        block = tuple(recipe.block_size)
+        for name, shape in shapes.items():
+            check_block_divisible(name, shape, block)
+        size = block[0] * block[1]
+        counts = {n: size * max(round_half_up(count / size), 1) if count else 0 for n, count in counts.items()}
     return [SparseParamSpec(n, torch.Size(shapes[n]), densities[n], counts[n]) for n in shapes]
+
+
+def check_block_divisible(name: str, shape, block: tuple[int, int]) -> None:
+    """Raise :class:`RecipeError` (key ``block_size``) unless ``block`` tiles the weight as a matrix."""
+    rows, cols = matrix_shape(shape)
+    if rows % block[0] or cols % block[1]:
+        raise RecipeError("block_size", f"{block[0]} x {block[1]} blocks do not tile layer '{name}' of shape "
+                                        f"{tuple(shape)} (a {rows} x {cols} matrix): exclude it (params.exclude) or "
+                                        "pick another block_size")
 
 
 def _check_patterns_match(names: list[str], patterns: tuple[str, ...], key: str) -> None:

@@ -31,6 +31,8 @@ Every key is checked before training starts; a bad key or value raises one
                                   # (auto: per layer, where a one-time micro-benchmark says it pays)
     structure: unstructured       # unstructured | fan_in: every output (row) keeps the same number
                                   # of active inputs, through every update (SRigL's constant fan-in)
+                                  # | block: masks are whole blocks of the weight as a matrix
+    block_size: 4                 # structure: block: b (b x b blocks) or [rows, cols]
 
 Run-relative values: every step count (the schedule's, and a method's such as ADMM's phases or
 MEST's milestones) may be ``"N%"`` of the run's optimizer steps, and the epoch-keyed methods'
@@ -57,6 +59,7 @@ from gsparse.options import (RUN_RELATIVE, FromRun, Option, RecipeError, RecipeW
 from gsparse.schedules import DROP_FRACTION_DECAYS, UpdateSchedule
 
 DEFAULT_MODULE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+STRUCTURES = ("unstructured", "fan_in", "block")
 
 _PARAMS_OPTIONS = {
     "module_types": Option(DEFAULT_MODULE_TYPES, string_list),
@@ -73,6 +76,19 @@ _SCHEDULE_OPTIONS = {
     "drop_fraction_decay": Option("constant", choice(*DROP_FRACTION_DECAYS)),
     "final_drop_fraction": Option(0.0, number(0.0, 1.0)),
 }
+DEFAULT_BLOCK_SIZE = (4, 4)
+
+
+def _block_size(key: str, value: Any) -> tuple[int, int]:
+    """``b`` (a ``b x b`` block) or ``[rows, cols]``, positive integers."""
+    pair = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2 or \
+            any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in pair):
+        raise RecipeError(key, f"expected a positive integer b (b x b blocks) or a list [rows, cols] of two, "
+                               f"got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
 _RECIPE_OPTIONS = {
     "method": Option(check=lambda key, value: choice(*available_methods())(key, value)),
     "sparsity": Option(check=number(0.0, 1.0, max_open=True)),
@@ -85,7 +101,8 @@ _RECIPE_OPTIONS = {
     "seed": Option(0, integer(0)),
     "mask_weights_after_step": Option("auto", choice("auto", "always")),
     "execution": Option("dense", choice("dense", "sparse", "auto")),
-    "structure": Option("unstructured", choice("unstructured", "fan_in")),
+    "structure": Option("unstructured", choice(*STRUCTURES)),
+    "block_size": Option(None, optional(_block_size)),  # None: DEFAULT_BLOCK_SIZE
 }
 
 
@@ -118,7 +135,8 @@ class Recipe:
     # set by fit_to_run: {"total_steps", "steps_per_epoch", "resolved": {key: {"given", "value"}}}
     fitted_to: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)
     execution: str = "dense"  # see gsparse.kernels.execution
-    structure: str = "unstructured"  # or "fan_in": the same active count in every row of a layer
+    structure: str = "unstructured"  # or "fan_in": the same active count in every row of a layer; "block"
+    block_size: tuple[int, int] = DEFAULT_BLOCK_SIZE  # (rows, cols) of a block, with structure "block"
 
     @property
     def method_class(self):
@@ -210,14 +228,22 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
         raise RecipeError("structure", f"'fan_in' needs a method whose mask changes keep every row's active count "
                                        f"(rigl, dst_ee, set, static and other drop/grow methods); "
                                        f"'{top['method']}' is not one")
+    if top["structure"] == "block" and not method_class.supports_fan_in:
+        raise RecipeError("structure", f"'block' needs a method whose mask changes are per-layer swaps or "
+                                       f"selections (rigl, dst_ee, set, static and other drop/grow methods); "
+                                       f"'{top['method']}' is not one")
+    if top["block_size"] is not None and top["structure"] != "block":
+        raise RecipeError("block_size", f"is given, but structure is '{top['structure']}': it applies to "
+                                        "structure: block only")
     method_args = resolve_options(top["method_args"], method_class.options, "method_args.")
     return Recipe(
         method=top["method"], sparsity=top["sparsity"], distribution=top["distribution"],
         erk_power_scale=top["erk_power_scale"], layer_sparsity=top["layer_sparsity"], params=params,
         schedule=schedule, method_args=method_args, seed=top["seed"],
         mask_weights_after_step=top["mask_weights_after_step"], source=source, execution=top["execution"],
-        structure=top["structure"],
+        structure=top["structure"], block_size=top["block_size"] or DEFAULT_BLOCK_SIZE,
     )
+
 
 
 class _RecipeLoader(yaml.SafeLoader):

@@ -13,9 +13,13 @@ The algorithm is a radix select on order-preserving 32-bit keys: four passes, ea
 ``[L, 256]`` histogram for all layers at once and summing it over ranks with one all-reduce, then
 one all-reduce of per-rank tie counts. Communication is a few KiB per call, independent of the
 number of weights, and no rank ever sees another rank's scores.
+
+The structured variants build on it: :func:`select_top_k_per_row` (``structure: fan_in``) and
+:func:`select_top_k_blocks` (``structure: block``, the blocks ranked by their score sums).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -350,4 +354,152 @@ def select_top_k_per_row(
     if pieces:
         for (layer, local), chosen in zip(placements, select_top_k(pieces, pieces_eligible, pieces_k, communicator)):
             selected[layer][local] |= chosen
+    return selected
+
+
+def matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
+    """A weight viewed as a matrix: ``(shape[0], the product of the rest)`` (``(numel, 1)`` for 1-D)."""
+    shape = tuple(shape)
+    return (shape[0], math.prod(shape[1:])) if shape else (1, 1)
+
+
+def split_block_rows(slices: Sequence[LocalSlice], matrix_shapes: Sequence[tuple[int, int]],
+                     block_shapes: Sequence[tuple[int, int]],
+                     communicator: Communicator | None = None) -> list[list[int]]:
+    """Per layer, the block-rows (``block_rows`` consecutive rows) that more than one rank holds a
+    part of, the same list on every rank (one all-reduce of every rank's piece boundaries)."""
+    return split_rows(slices, [block[0] * cols for (_, cols), block in zip(matrix_shapes, block_shapes)],
+                      [rows * cols for rows, cols in matrix_shapes], communicator)
+
+
+def block_scores(scores: torch.Tensor, cols: int, block_shape: tuple[int, int]) -> torch.Tensor:
+    """The sums of ``scores`` (whole block-rows of a ``? x cols`` matrix, flattened) over each block,
+    in block order (row-major over the block grid), as float32.
+
+    The sum runs in float64 over the block's elements in one fixed order (row-major within the
+    block), whatever the number of block-rows, so a block scores the same on every rank."""
+    block_rows, block_cols = block_shape
+    grid_rows, grid_cols = scores.numel() // (block_rows * cols), cols // block_cols
+    parts = (scores.detach().to(torch.float32).to(torch.float64).reshape(grid_rows, block_rows, grid_cols, block_cols)
+             .permute(1, 3, 0, 2).reshape(block_rows * block_cols, grid_rows * grid_cols))
+    total = parts[0].clone()
+    for part in parts[1:]:
+        total += part
+    return total.to(torch.float32)
+
+
+def _block_eligible(allowed: torch.Tensor, cols: int, block_shape: tuple[int, int]) -> torch.Tensor:
+    """Per block (block order): whether all of its elements are eligible."""
+    block_rows, block_cols = block_shape
+    grid_rows, grid_cols = allowed.numel() // (block_rows * cols), cols // block_cols
+    return allowed.reshape(grid_rows, block_rows, grid_cols, block_cols).all(dim=3).all(dim=1).reshape(-1)
+
+
+def _expand_blocks(chosen: torch.Tensor, cols: int, block_shape: tuple[int, int]) -> torch.Tensor:
+    """Per-block decisions (whole block-rows, block order) as a flat element mask."""
+    block_rows, block_cols = block_shape
+    grid = chosen.view(-1, 1, cols // block_cols, 1)
+    return grid.expand(-1, block_rows, -1, block_cols).reshape(-1)
+
+
+def select_top_k_blocks(
+    scores: Sequence[torch.Tensor],
+    eligible: Sequence[torch.Tensor | None],
+    k: Sequence[int],
+    slices: Sequence[LocalSlice],
+    matrix_shapes: Sequence[tuple[int, int]],
+    block_shapes: Sequence[tuple[int, int]],
+    shared_block_rows: Sequence[Sequence[int]],
+    communicator: Communicator | None = None,
+) -> list[torch.Tensor]:
+    """Select, per layer, the ``k[l]`` blocks with the largest score sums (block sparsity).
+
+    A layer is a ``rows x cols`` matrix (``matrix_shapes``) tiled by ``block_rows x block_cols``
+    blocks (``block_shapes``). A block's score is the sum of its elements' scores
+    (:func:`block_scores`); it is eligible when all its elements are. The rule is
+    :func:`select_top_k`'s over the blocks: float32 order, NaN lowest, ties by the lower global
+    block index (row-major over the block grid). ``slices`` place each layer's local 1-D piece in
+    the flattened parameter; ``shared_block_rows`` (:func:`split_block_rows`) are the block-rows
+    split across ranks: their element scores are summed over ranks (one all-reduce, sized by those
+    block-rows only), each is scored by the rank holding its first element, and that rank's
+    decisions reach the others (one all-reduce). Block-rows a rank holds whole are scored locally.
+
+    Returns per layer a bool tensor like ``scores``: True on the elements of the selected blocks.
+    """
+    communicator = communicator or LocalCommunicator()
+    device = scores[0].device if len(scores) else None
+    selected = [torch.zeros(score.numel(), dtype=torch.bool, device=score.device) for score in scores]
+    # The shared block-rows' element scores and ineligible flags, assembled from every rank's part.
+    segments = []  # (layer, block_row, offset into the buffer)
+    size = 0
+    for layer, ((_, cols), block) in enumerate(zip(matrix_shapes, block_shapes)):
+        for block_row in shared_block_rows[layer]:
+            segments.append((layer, block_row, size))
+            size += block[0] * cols
+    shared_scores = shared_flags = None
+    if segments:
+        buffer = torch.zeros(2, size, dtype=torch.float32, device=device)
+        for layer, block_row, offset in segments:
+            piece, row_length = slices[layer], block_shapes[layer][0] * matrix_shapes[layer][1]
+            begin = max(block_row * row_length, piece.start)
+            stop = min((block_row + 1) * row_length, piece.start + piece.length)
+            if begin < stop:
+                local = slice(begin - piece.start, stop - piece.start)
+                place = slice(offset + begin - block_row * row_length, offset + stop - block_row * row_length)
+                buffer[0, place] = scores[layer][local].detach().to(torch.float32)
+                if eligible[layer] is not None:
+                    buffer[1, place] = (~eligible[layer][local]).to(torch.float32)
+        communicator.all_reduce_sum(buffer)  # the parts are disjoint: x + 0 is x (NaN and Inf included)
+        shared_scores, shared_flags = buffer[0], buffer[1] == 0
+    candidates, candidates_eligible, whole_rows, owned = [], [], [], []
+    for layer, (score, allowed, piece, (_, cols), block) in enumerate(
+            zip(scores, eligible, slices, matrix_shapes, block_shapes)):
+        row_length = block[0] * cols
+        first, stop = -(-piece.start // row_length), (piece.start + piece.length) // row_length
+        whole = range(first, max(stop, first))
+        offset = first * row_length - piece.start
+        part = slice(offset, offset + len(whole) * row_length)
+        layer_scores = [block_scores(score[part], cols, block)]
+        layer_eligible = [torch.ones(layer_scores[0].numel(), dtype=torch.bool, device=score.device)
+                          if allowed is None else _block_eligible(allowed[part], cols, block)]
+        mine = [(block_row, buffer_offset) for segment_layer, block_row, buffer_offset in segments
+                if segment_layer == layer and piece.start <= block_row * row_length < piece.start + piece.length]
+        for block_row, buffer_offset in mine:  # at most one: it starts here and runs past this piece
+            span = slice(buffer_offset, buffer_offset + row_length)
+            layer_scores.append(block_scores(shared_scores[span], cols, block))
+            layer_eligible.append(_block_eligible(shared_flags[span], cols, block))
+        candidates.append(torch.cat(layer_scores))
+        candidates_eligible.append(torch.cat(layer_eligible))
+        whole_rows.append((part, len(whole) * (cols // block[1])))
+        owned.append(mine)
+    chosen = select_top_k(candidates, candidates_eligible, k, communicator)
+    for layer, ((part, whole_blocks), layer_chosen) in enumerate(zip(whole_rows, chosen)):
+        if whole_blocks:
+            selected[layer][part] = _expand_blocks(layer_chosen[:whole_blocks], matrix_shapes[layer][1],
+                                                   block_shapes[layer])
+    if segments:
+        # The owners' decisions on the shared blocks, for every rank that holds a part of them.
+        block_offsets, blocks = {}, 0
+        for layer, block_row, _ in segments:
+            block_offsets[(layer, block_row)] = blocks
+            blocks += matrix_shapes[layer][1] // block_shapes[layer][1]
+        decisions = torch.zeros(blocks, dtype=torch.int32, device=device)
+        for layer, mine in enumerate(owned):
+            grid_cols = matrix_shapes[layer][1] // block_shapes[layer][1]
+            start = whole_rows[layer][1]
+            for block_row, _ in mine:
+                at = block_offsets[(layer, block_row)]
+                decisions[at:at + grid_cols] = chosen[layer][start:start + grid_cols].to(torch.int32)
+                start += grid_cols
+        communicator.all_reduce_sum(decisions)
+        for layer, block_row, _ in segments:
+            piece, cols, block = slices[layer], matrix_shapes[layer][1], block_shapes[layer]
+            row_length = block[0] * cols
+            begin = max(block_row * row_length, piece.start)
+            stop = min((block_row + 1) * row_length, piece.start + piece.length)
+            if begin < stop:
+                at = block_offsets[(layer, block_row)]
+                row_mask = _expand_blocks(decisions[at:at + cols // block[1]].bool(), cols, block)
+                selected[layer][begin - piece.start:stop - piece.start] = \
+                    row_mask[begin - block_row * row_length:stop - block_row * row_length]
     return selected

@@ -20,7 +20,8 @@ TRAIN_CONFIGS = ["0-dst_ee", "0-rigl", "1-dst_ee", "1-rigl", "2-dst_ee", "2-rigl
                  "0-admm", "1-admm", "2-admm", "3-admm", "2-gmp", "3-gmp", "3-dst_ee-always", "1-rigl-always",
                  "0-dst_ee-fp16", "1-rigl-fp16", "2-dst_ee-fp16", "3-rigl-fp16",
                  "0-rigl-csr", "1-dst_ee-csr", "2-rigl-csr", "3-dst_ee-csr", "2-dst_ee-csr-gas2", "1-rigl-auto",
-                 "3-rigl-auto", "1-set-fanin", "2-rigl-fanin", "3-dst_ee-fanin"]
+                 "3-rigl-auto", "1-set-fanin", "2-rigl-fanin", "3-dst_ee-fanin", "1-dst_ee-block", "2-rigl-block",
+                 "3-dst_ee-block"]
 
 
 def _free_port() -> int:
@@ -132,6 +133,17 @@ def test_constant_fan_in_under_zero_keeps_rows_equal_and_equals_single_process(r
     entry = results[f"two:train/{config}"]
     assert all(len(counts) == 1 for counts in entry["row_counts"].values()), entry["row_counts"]
     assert entry["masks_equal"] and entry["updates"] == 15
+
+
+@pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if "block" in c])
+def test_block_structure_under_zero_keeps_whole_blocks_and_equals_single_process(results, config):
+    """structure: block (4 x 4) with 2 ranks: block-rows cut between the ranks' partitions are
+    scored from their element scores summed over ranks and decided by the rank holding their first
+    element; every block is all or nothing and the masks and counters equal the single-process
+    run's (also in test_masks_and_counters_equal_single_process)."""
+    entry = results[f"two:train/{config}"]
+    assert all(set(counts) <= {0, 16} for counts in entry["block_counts"].values()), entry["block_counts"]
+    assert entry["masks_equal"] and entry["counters_equal"] and entry["updates"] == 15
 
 
 def test_runner_at_zero3_runs_sparse_and_exports_the_gathered_model(results):

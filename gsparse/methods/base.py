@@ -175,8 +175,9 @@ class SparseMethod:
     enforces_mask: ClassVar[bool] = True
     dormant_weights: ClassVar[bool] = False
     exact_target: ClassVar[bool] = True
-    # its mask changes keep every row's active count (swaps; the initial reselect): it can run with
-    # the recipe's ``structure: fan_in``
+    # its mask changes are per-layer swaps and selections (no global change, no elementwise assign), so
+    # they can keep every row's active count or whole blocks: it can run with the recipe's
+    # ``structure: fan_in`` or ``structure: block``
     supports_fan_in: ClassVar[bool] = False
 
     def __init__(self, **args: Any):
@@ -261,6 +262,11 @@ class SparseMethod:
     def assign_mask(self, layer: LayerView) -> torch.Tensor:
         """For ``assign`` changes: the new mask, elementwise (bool, like ``layer.weight``)."""
         raise NotImplementedError
+
+    def initial_score(self, layer: LayerView) -> torch.Tensor | None:
+        """The score whose top counts form the initial mask; ``None`` (the default): a random score,
+        the same however the layer is sharded."""
+        return None
 
     def keep_score(self, layer: LayerView) -> torch.Tensor:
         """For ``reselect`` changes: the weights with the highest scores are active (default: magnitude)."""

@@ -207,7 +207,7 @@ def scenario_train(results: dict, configs: list[str]):
 
             execution_module.choose_execution = lambda out, inp, nnz, rows, dtype, device: ExecutionChoice(
                 "sparse" if out * inp >= 48 * 32 else "dense", 2.0, 1.0 if out * inp >= 48 * 32 else 3.0, "test")
-        structure = "fan_in" if "fanin" in options else "unstructured"
+        structure = "fan_in" if "fanin" in options else "block" if "block" in options else "unstructured"
         engine, sparsifier = build(stage, method, accumulation=accumulation, dtype=dtype,
                                    weight_masking=weight_masking, execution=execution, structure=structure)
         if sparsifier.engine.mask_weights_after_step != (weight_masking == "always"):
@@ -227,6 +227,10 @@ def scenario_train(results: dict, configs: list[str]):
         rows = {spec.name: spec.shape[0] for spec in sparsifier.specs}
         entry["row_counts"] = {name: sorted(set(mask.reshape(rows[name], -1).sum(1).tolist()))
                                for name, mask in masks.items()}
+        # structure: block (4 x 4): the active elements of every block of every layer
+        entry["block_counts"] = {} if structure != "block" else {
+            name: sorted(set(mask.reshape(rows[name] // 4, 4, -1, 4).sum((1, 3)).view(-1).tolist()))
+            for name, mask in masks.items()}
         if dist.get_rank() == 0 and dtype == "fp32":
             key = (method, accumulation, structure)
             if key not in references:
