@@ -11,7 +11,7 @@ CORE = ["gsparse", "gsparse.engine", "gsparse.methods", "gsparse.selection", "gs
         "gsparse.sparsifier", "gsparse.params", "gsparse.hashrng", "gsparse.options", "gsparse.kernels",
         "gsparse.export"]
 OPTIONAL = ["deepspeed", "torch_geometric", "matplotlib", "networkx", "tqdm", "scipy", "sklearn", "pandas",
-            "torchvision", "safetensors"]
+            "torchvision", "safetensors", "transformers", "accelerate"]
 
 
 def test_core_imports_without_optional_packages():

@@ -1,0 +1,148 @@
+"""gsparse inside a Hugging Face ``transformers.Trainer`` (plain, DDP, or its DeepSpeed
+integration at any ZeRO stage)::
+
+    trainer = Trainer(model=model, args=args, train_dataset=train, ...)
+    gsparse.hf.sparsify_trainer(trainer, "recipes/bert_gmp.yaml")   # the one added line
+    trainer.train()                       # or trainer.train(resume_from_checkpoint=True)
+
+The callback attaches when training begins (the Trainer has then built its optimizer and, with
+DeepSpeed, its engine), fits run-relative recipe values (``"75%"``, ``auto`` epochs) to the
+Trainer's ``max_steps`` and epoch length, and from then on the masks are exact every step and
+updated on schedule inside the optimizer step. The sparse state goes into the Trainer's own
+checkpoints: with DeepSpeed inside ``checkpoint-N/global_stepN/gsparse/`` (one file per rank,
+written by ``engine.save_checkpoint``), otherwise ``checkpoint-N/gsparse/sparse_state.pt``; and
+``trainer.train(resume_from_checkpoint=...)`` restores it bitwise. Density, exploration degree
+and update counts are added to every log the Trainer's loggers receive (``sparsity/...``).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from gsparse.hf.common import attach_prepared, checked_recipe, log_values, unwrap_model, unwrap_optimizer
+from gsparse.recipe import Recipe
+from gsparse.sparsifier import SparseState
+
+__all__ = ["SparseTrainingCallback", "sparsify_trainer", "PLAIN_STATE_FILE"]
+
+PLAIN_STATE_FILE = Path("gsparse") / "sparse_state.pt"  # under checkpoint-N/ without DeepSpeed
+
+
+class SparseTrainingCallback(TrainerCallback):
+    """Keeps ``trainer``'s model sparse as ``recipe`` says; build it with :func:`sparsify_trainer`.
+
+    ``sparsifier`` (a :class:`gsparse.sparsifier.SparseState`: masks, metrics, gathering) exists
+    from ``on_train_begin`` on. ``log_metrics`` adds the ``sparsity/...`` values to the Trainer's logs.
+    """
+
+    def __init__(self, trainer, recipe: str | Mapping[str, Any] | Recipe, *, log_metrics: bool = True,
+                 elastic_checkpoints: bool = True):
+        self.trainer = trainer
+        self.recipe = checked_recipe(recipe)
+        self.log_metrics = log_metrics
+        self.elastic_checkpoints = elastic_checkpoints
+        self.sparsifier: SparseState | None = None
+        self.resume_from: str | None = None  # set by the wrapped trainer.train
+        self._attached_to = None
+
+    # ---- attaching -----------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        trainer = self.trainer
+        prepared = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
+        if self.sparsifier is not None and self._attached_to is prepared:
+            return  # train() again on the same engine/model: the sparse state carries on
+        if self.sparsifier is not None:
+            self.sparsifier.remove()
+        steps_per_epoch = None
+        if train_dataloader is not None and hasattr(train_dataloader, "__len__"):
+            steps_per_epoch = max(len(train_dataloader) // max(args.gradient_accumulation_steps, 1), 1)
+        resume = self.resume_from
+        if resume is None and state.global_step > 0:
+            raise RuntimeError("gsparse: the Trainer resumed (global step {}) from a checkpoint gsparse was not told "
+                               "of: call trainer.train(...) after gsparse.hf.sparsify_trainer(trainer, recipe), which "
+                               "records resume_from_checkpoint".format(state.global_step))
+        if trainer.is_deepspeed_enabled:
+            self.sparsifier = attach_prepared(prepared, trainer.optimizer, self.recipe, total_steps=state.max_steps,
+                                              steps_per_epoch=steps_per_epoch,
+                                              elastic_checkpoints=self.elastic_checkpoints)
+            if resume is not None:
+                # DeepSpeed loaded this checkpoint before gsparse attached; attaching masked the weights
+                # with the initial masks, so load it again, now with the sparse state (bitwise).
+                prepared.load_checkpoint(resume, load_module_strict=True, load_optimizer_states=True,
+                                         load_lr_scheduler_states=True)
+        else:
+            self.sparsifier = self._attach_plain(prepared, trainer.optimizer, state, steps_per_epoch, resume)
+        self._attached_to = prepared
+
+    def _attach_plain(self, model, optimizer, state, steps_per_epoch, resume) -> SparseState:
+        if resume is None:
+            return attach_prepared(model, optimizer, self.recipe, total_steps=state.max_steps,
+                                   steps_per_epoch=steps_per_epoch)
+        path = Path(resume) / PLAIN_STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"gsparse: {path} is missing: checkpoint {resume} was not written by a sparse run "
+                                    "(or the run stopped while saving it); resume from an earlier checkpoint")
+        # Attaching masks weights and resets optimizer state with the initial masks; the Trainer
+        # has already restored both from the checkpoint, so keep them and put them back.
+        module, inner = unwrap_model(model), unwrap_optimizer(optimizer)
+        weights = {name: value.detach().clone() for name, value in module.state_dict().items()}
+        optimizer_state = copy.deepcopy(inner.state_dict())
+        sparsifier = attach_prepared(model, optimizer, self.recipe, total_steps=state.max_steps,
+                                     steps_per_epoch=steps_per_epoch)
+        sparsifier.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        module.load_state_dict(weights)
+        inner.load_state_dict(optimizer_state)
+        return sparsifier
+
+    # ---- checkpoints and logs ------------------------------------------------------------------
+
+    def on_save(self, args, state, control, **kwargs):
+        # Under DeepSpeed the engine's save_checkpoint (wrapped by gsparse) already wrote the shards.
+        if self.sparsifier is None or self.trainer.is_deepspeed_enabled or not args.should_save:
+            return
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        path = folder / PLAIN_STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        torch.save(self.sparsifier.state_dict(), temporary)
+        os.replace(temporary, path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.log_metrics or self.sparsifier is None or logs is None:
+            return
+        values = log_values(self.sparsifier)
+        logs.update(values)
+        # Trainer.log appended its copy to the history before calling us
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(values)
+
+
+def sparsify_trainer(trainer, recipe: str | Mapping[str, Any] | Recipe, *, log_metrics: bool = True,
+                     elastic_checkpoints: bool = True) -> SparseTrainingCallback:
+    """Make ``trainer`` train sparse with ``recipe`` (a YAML path, a dict, a :class:`Recipe`).
+
+    The recipe is validated now. The callback is put first among the Trainer's callbacks (so the
+    loggers see its values) and ``trainer.train`` is wrapped to learn the checkpoint it resumes
+    from. Returns the callback; its ``sparsifier`` exists once training has begun.
+    """
+    callback = SparseTrainingCallback(trainer, recipe, log_metrics=log_metrics,
+                                      elastic_checkpoints=elastic_checkpoints)
+    trainer.callback_handler.callbacks.insert(0, callback)
+    train = trainer.train
+
+    def train_sparse(resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        resume = resume_from_checkpoint
+        if resume is True:
+            resume = get_last_checkpoint(trainer.args.output_dir)  # what Trainer.train resolves it to
+        callback.resume_from = None if resume in (None, False) else str(resume)
+        return train(resume_from_checkpoint, *args, **kwargs)
+
+    trainer.train = train_sparse
+    return callback
