@@ -35,14 +35,25 @@ GLUE_TASKS = {
 }
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 0, tied values sharing their mean rank (STS-B's labels have ties)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(ordered)) + 1]
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + end - 1) / 2
+    return ranks
+
+
 def glue_metrics(task: str, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy for every classification task, plus the task's GLUE metric (F1, Matthews correlation,
     Pearson / Spearman for STS-B's regression)."""
     if task == "stsb":
         predicted = predictions.reshape(-1)
-        ranks = lambda values: np.argsort(np.argsort(values))  # noqa: E731 (no ties in real-valued outputs)
         return {"pearson": float(np.corrcoef(predicted, labels)[0, 1]),
-                "spearman": float(np.corrcoef(ranks(predicted), ranks(labels))[0, 1])}
+                "spearman": float(np.corrcoef(average_ranks(predicted), average_ranks(labels))[0, 1])}
     predicted = predictions.argmax(-1)
     metrics = {"accuracy": float((predicted == labels).mean())}
     if task in ("mrpc", "qqp"):

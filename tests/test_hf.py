@@ -286,5 +286,95 @@ def test_glue_metrics_equal_scikit_learns():
     import numpy as np
     pearson = np.corrcoef(scores[:, 0], targets)[0, 1]
     assert glue_metrics("stsb", scores, targets)["pearson"] == pytest.approx(pearson)
-    assert glue_metrics("stsb", scores, targets)["spearman"] == pytest.approx(
-        np.corrcoef(scores[:, 0].argsort().argsort(), targets.argsort().argsort())[0, 1])
+    stats = pytest.importorskip("scipy.stats")
+    tied = np.round(targets * 5) / 5  # STS-B-like labels with ties
+    assert glue_metrics("stsb", scores, tied)["spearman"] == pytest.approx(stats.spearmanr(scores[:, 0], tied)[0])
+    assert glue_metrics("stsb", scores[::-1], tied[::-1])["spearman"] == pytest.approx(
+        stats.spearmanr(scores[:, 0], tied)[0])
+
+
+def test_acdc_fine_tuning_alternates_then_ends_compressed_with_a_fixed_mask(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    import gsparse.hf
+
+    data = encoded_dataset(sentiment_corpus(40, seed=1), WordTokenizer())
+    for row in data:
+        row.pop("idx")
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=6,
+                             save_strategy="no", learning_rate=2e-3, report_to=[], use_cpu=True, disable_tqdm=True,
+                             seed=0)
+    trainer = Trainer(model=tiny_bert(len(WordTokenizer()), seed=0), args=args, train_dataset=data)
+    sparse = gsparse.hf.sparsify_trainer(trainer, str(RECIPES / "bert_acdc.yaml"))
+    log = _MaskLog(sparse)
+    trainer.add_callback(log)
+    trainer.train()
+    # 5 steps per epoch (auto), 6 epochs (auto): dense 1, compressed 1, decompressed 1, then the last
+    # dense epoch and a compressed fine-tune of 2 epochs with the mask fixed
+    phases = [log.densities[step] for step in range(1, 31)]
+    assert phases[:5] == [1.0] * 5
+    assert all(density == pytest.approx(0.1, abs=1e-3) for density in phases[5:10])
+    assert phases[10:15] == [1.0] * 5
+    assert all(density == pytest.approx(0.1, abs=1e-3) for density in phases[20:30])
+    for step in range(21, 31):
+        for name, mask in log.masks[step].items():
+            assert torch.equal(mask, log.masks[21][name]), (step, name)
+
+
+def test_plain_trainer_resumes_again_on_the_same_trainer_like_a_fresh_one(tmp_path):
+    recipe = dict(hf_worker.RECIPE, schedule={"update_interval": 3, "drop_fraction": 0.3})
+    trainer, callback = _plain_trainer(tmp_path / "full", recipe)
+    trainer.train()
+    trainer.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))  # the same trainer again
+    fresh_trainer, fresh = _plain_trainer(tmp_path / "fresh", recipe)
+    fresh_trainer.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    assert callback.sparsifier.step == fresh.sparsifier.step == 8
+    for name, mask in fresh.sparsifier.masks.items():
+        assert torch.equal(callback.sparsifier.masks[name], mask), name
+    for (name, weight), fresh_weight in zip(trainer.model.named_parameters(), fresh_trainer.model.parameters()):
+        assert torch.equal(weight, fresh_weight), name
+
+
+def test_epoch_length_counts_a_last_partial_accumulation_like_the_trainer(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    import gsparse.hf
+
+    data = encoded_dataset(sentiment_corpus(40, seed=1), WordTokenizer())  # 5 batches of 8
+    for row in data:
+        row.pop("idx")
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, gradient_accumulation_steps=2,
+                             num_train_epochs=6, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=tiny_bert(len(WordTokenizer()), seed=0), args=args, train_dataset=data)
+    callback = gsparse.hf.sparsify_trainer(trainer, str(RECIPES / "bert_acdc.yaml"))
+    trainer.train()
+    assert trainer.state.global_step == 18  # 3 optimizer steps per epoch: 2 + 2 + 1 micro-batches
+    assert callback.sparsifier.recipe.fitted_to["steps_per_epoch"] == 3
+    assert callback.sparsifier.step == 18
+
+
+def test_best_model_at_end_brings_its_masks_and_hp_search_folders_get_the_state(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    import gsparse.hf
+
+    rows = encoded_dataset(sentiment_corpus(40, seed=1), WordTokenizer())
+    for row in rows:
+        row.pop("idx")
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=12, save_steps=4,
+                             eval_steps=4, eval_strategy="steps", load_best_model_at_end=True, learning_rate=2e-3,
+                             metric_for_best_model="loss", greater_is_better=True,  # the worst loss: not the last
+                             report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
+    trainer = Trainer(model=tiny_bert(len(WordTokenizer()), seed=0), args=args, train_dataset=rows, eval_dataset=rows)
+    trainer._get_output_dir = lambda trial: str(tmp_path / "run-0")  # as a hyperparameter search trial does
+    callback = gsparse.hf.sparsify_trainer(trainer, dict(hf_worker.RECIPE, schedule={"update_interval": 2}))
+    trainer.train()
+    assert sorted(p.name for p in (tmp_path / "run-0").glob("checkpoint-*/gsparse/sparse_state.pt")) == \
+        ["sparse_state.pt"] * 3 and not list(tmp_path.glob("checkpoint-*"))
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and not best.endswith("checkpoint-12")
+    saved = torch.load(Path(best) / "gsparse" / "sparse_state.pt", weights_only=False)["engine"]["layers"]
+    parameters = dict(trainer.model.named_parameters())
+    for name, mask in callback.sparsifier.masks.items():
+        assert torch.equal(mask.reshape(-1), saved[name]["mask"]), name
+        assert not bool(parameters[name][~mask].any()), name

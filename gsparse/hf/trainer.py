@@ -17,6 +17,7 @@ and update counts are added to every log the Trainer's loggers receive (``sparsi
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -42,7 +43,7 @@ class SparseTrainingCallback(TrainerCallback):
     """
 
     def __init__(self, trainer, recipe: str | Mapping[str, Any] | Recipe, *, log_metrics: bool = True,
-                 elastic_checkpoints: bool = True):
+                 elastic_checkpoints: bool = False):
         self.trainer = trainer
         self.recipe = checked_recipe(recipe)
         self.log_metrics = log_metrics
@@ -56,14 +57,17 @@ class SparseTrainingCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         trainer = self.trainer
         prepared = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
-        if self.sparsifier is not None and self._attached_to is prepared:
-            return  # train() again on the same engine/model: the sparse state carries on
+        resume = self.resume_from
         if self.sparsifier is not None:
+            if self._attached_to is prepared and resume is None and self.sparsifier.step > 0:
+                return  # train() again on the same model: the sparse state carries on
+            # a resume restores the checkpoint's state; before any step (auto_find_batch_size's retry)
+            # the recipe is fitted to this attempt's length
             self.sparsifier.remove()
         steps_per_epoch = None
         if train_dataloader is not None and hasattr(train_dataloader, "__len__"):
-            steps_per_epoch = max(len(train_dataloader) // max(args.gradient_accumulation_steps, 1), 1)
-        resume = self.resume_from
+            # the Trainer's own count: a last partial accumulation still makes an optimizer step
+            steps_per_epoch = max(math.ceil(len(train_dataloader) / max(args.gradient_accumulation_steps, 1)), 1)
         if resume is None and state.global_step > 0:
             raise RuntimeError("gsparse: the Trainer resumed (global step {}) from a checkpoint gsparse was not told "
                                "of: call trainer.train(...) after gsparse.hf.sparsify_trainer(trainer, recipe), which "
@@ -74,8 +78,9 @@ class SparseTrainingCallback(TrainerCallback):
                                               elastic_checkpoints=self.elastic_checkpoints)
             if resume is not None:
                 # DeepSpeed loaded this checkpoint before gsparse attached; attaching masked the weights
-                # with the initial masks, so load it again, now with the sparse state (bitwise).
-                prepared.load_checkpoint(resume, load_module_strict=True, load_optimizer_states=True,
+                # with the initial masks, so load it again, now with the sparse state (bitwise). The
+                # Trainer's load has just checked it against the model (strictly, unless PEFT).
+                prepared.load_checkpoint(resume, load_module_strict=False, load_optimizer_states=True,
                                          load_lr_scheduler_states=True)
         else:
             self.sparsifier = self._attach_plain(prepared, trainer.optimizer, state, steps_per_epoch, resume)
@@ -103,16 +108,29 @@ class SparseTrainingCallback(TrainerCallback):
 
     # ---- checkpoints and logs ------------------------------------------------------------------
 
-    def on_save(self, args, state, control, **kwargs):
-        # Under DeepSpeed the engine's save_checkpoint (wrapped by gsparse) already wrote the shards.
-        if self.sparsifier is None or self.trainer.is_deepspeed_enabled or not args.should_save:
+    def save_plain_state(self, checkpoint_folder: str | Path) -> None:
+        """Write the replicated sparse state into ``checkpoint_folder`` (without DeepSpeed; the main
+        process only). Under DeepSpeed the engine's save_checkpoint, wrapped by gsparse, writes the shards."""
+        if self.sparsifier is None or self.trainer.is_deepspeed_enabled or not self.trainer.args.should_save:
             return
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        path = folder / PLAIN_STATE_FILE
+        path = Path(checkpoint_folder) / PLAIN_STATE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
         torch.save(self.sparsifier.state_dict(), temporary)
         os.replace(temporary, path)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # load_best_model_at_end: without DeepSpeed the Trainer reloads the best checkpoint's weights
+        # only (with DeepSpeed its engine load, wrapped by gsparse, restores the sparse state too)
+        best = state.best_model_checkpoint
+        if (self.sparsifier is None or self.trainer.is_deepspeed_enabled or not args.load_best_model_at_end
+                or best is None):
+            return
+        path = Path(best) / PLAIN_STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"gsparse: {path} is missing: the best checkpoint has no sparse state, so its "
+                                    "weights were loaded without their masks")
+        self.sparsifier.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.log_metrics or self.sparsifier is None or logs is None:
@@ -125,12 +143,17 @@ class SparseTrainingCallback(TrainerCallback):
 
 
 def sparsify_trainer(trainer, recipe: str | Mapping[str, Any] | Recipe, *, log_metrics: bool = True,
-                     elastic_checkpoints: bool = True) -> SparseTrainingCallback:
+                     elastic_checkpoints: bool = False) -> SparseTrainingCallback:
     """Make ``trainer`` train sparse with ``recipe`` (a YAML path, a dict, a :class:`Recipe`).
 
     The recipe is validated now. The callback is put first among the Trainer's callbacks (so the
-    loggers see its values) and ``trainer.train`` is wrapped to learn the checkpoint it resumes
-    from. Returns the callback; its ``sparsifier`` exists once training has begun.
+    loggers see its values), ``trainer.train`` is wrapped to learn the checkpoint it resumes from,
+    and (without DeepSpeed) the Trainer's checkpoint writer to save the sparse state first. Returns
+    the callback; its ``sparsifier`` exists once training has begun.
+
+    ``elastic_checkpoints`` (DeepSpeed) also writes each rank's piece of the optimizer state
+    (:func:`gsparse.deepspeed.attach`); it is off because the Trainer itself loads a ZeRO checkpoint
+    only at the world size that wrote it, before gsparse attaches.
     """
     callback = SparseTrainingCallback(trainer, recipe, log_metrics=log_metrics,
                                       elastic_checkpoints=elastic_checkpoints)
@@ -145,4 +168,14 @@ def sparsify_trainer(trainer, recipe: str | Mapping[str, Any] | Recipe, *, log_m
         return train(resume_from_checkpoint, *args, **kwargs)
 
     trainer.train = train_sparse
+    save_checkpoint = trainer._save_checkpoint
+
+    def save_checkpoint_with_sparse_state(model, trial, *args, **kwargs):
+        # before the Trainer's own files (trainer_state.json, rotation, hub upload), into the folder
+        # it is about to write, also under a hyperparameter search (run-<trial>/checkpoint-N)
+        folder = Path(trainer._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
+        callback.save_plain_state(folder)
+        return save_checkpoint(model, trial, *args, **kwargs)
+
+    trainer._save_checkpoint = save_checkpoint_with_sparse_state
     return callback
