@@ -20,7 +20,15 @@ speedup = median of the per-round ratios):
   loading kernels and thread pools is not counted; glibc's mmap threshold is fixed at 64 KiB
   in the child so that the figure repeats run to run).
 
-Run:  python benchmarks/sparse_linear.py [--quick] [--device cuda]
+With ``--structure block`` the masks are whole blocks (``structure: block``) and each
+configuration (2048x2048 and 4096x4096, 95% and 98% sparsity, 4x4 and 8x8 blocks, batch 256) is
+measured dense vs CSR vs BSR in one paired run: the inference forward of the training layer
+(``csr_linear`` / ``bsr_linear``, gathering values each call) and of an exported layer (the weight
+built once: ``CSRLinear``, and the same forward with a BSR weight), and the full training step
+(forward, backward, AdamW step) with each kernel; ``bsr_vs_csr`` is the median per-round ratio
+CSR time / BSR time. No memory measurement in this mode.
+
+Run:  python benchmarks/sparse_linear.py [--quick] [--device cuda] [--structure block]
 Prints one JSON object.
 """
 from __future__ import annotations
@@ -40,13 +48,16 @@ import torch.nn.functional as F
 
 import gsparse
 from gsparse.backends.base import zero_inactive_
-from gsparse.kernels import CSRStructure, csr_linear
+from gsparse.export import CSRLinear
+from gsparse.kernels import BSRStructure, CSRStructure, bsr_blocksize, bsr_linear, csr_linear
 
 SHAPES = ((2048, 2048), (4096, 4096))
 DENSITIES = (0.10, 0.05, 0.02)
 BATCHES = (64, 256)
 QUICK = {"shapes": ((512, 512),), "densities": (0.05,), "batches": (64,)}
 MEMORY_STEPS = 3
+BLOCK = {"densities": (0.05, 0.02), "blocks": ((4, 4), (8, 8)), "batches": (256,)}
+QUICK_BLOCK = {"shapes": ((512, 512),), "densities": (0.05,), "blocks": ((4, 4),), "batches": (64,)}
 
 
 def cpu_model() -> str:
@@ -61,12 +72,18 @@ def cpu_model() -> str:
 
 
 class Layer:
-    """One masked linear layer (weight, bias, mask, its AdamW) and the data it is trained on."""
+    """One masked linear layer (weight, bias, mask, its AdamW) and the data it is trained on; with
+    ``block`` the mask is whole ``block`` blocks, each active with probability ``density``."""
 
-    def __init__(self, out_features, in_features, density, batch, device, adamw="fused", seed=0):
+    def __init__(self, out_features, in_features, density, batch, device, adamw="fused", seed=0, block=None):
         self.adamw_options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[adamw]
         generator = torch.Generator().manual_seed(seed)
-        self.mask = (torch.rand(out_features, in_features, generator=generator) < density).to(device)
+        if block is None:
+            mask = torch.rand(out_features, in_features, generator=generator) < density
+        else:
+            grid = torch.rand(out_features // block[0], in_features // block[1], generator=generator) < density
+            mask = grid.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)
+        self.mask, self.block = mask.to(device), block
         weight = torch.randn(out_features, in_features, generator=generator) / in_features ** 0.5
         self.weight = torch.nn.Parameter(weight.to(device) * self.mask)
         self.bias = torch.nn.Parameter(torch.zeros(out_features, device=device))
@@ -74,13 +91,22 @@ class Layer:
         self.grad_output = torch.randn(batch, out_features, generator=generator).to(device)
         self.optimizer = None
         self.structure = None
+        self.blocks = None
 
-    def start_training(self, sparse: bool) -> None:
+    def start_training(self, sparse: bool, kernel: str = "csr") -> None:
+        """``kernel`` "bsr": the forward and input gradient with BSR (the layer's blocks, as sparse execution picks them)."""
         self.optimizer = torch.optim.AdamW([self.weight, self.bias], lr=1e-3, **self.adamw_options)
         if sparse:
             self.structure = CSRStructure.from_mask(self.mask)
+        if sparse and kernel == "bsr":
+            blocksize = bsr_blocksize(self.block, self.weight.dtype, self.weight.device)
+            if blocksize is None:
+                raise RuntimeError(f"torch has no BSR kernel for {self.block} blocks on {self.weight.device.type}")
+            self.blocks = BSRStructure.from_mask(self.mask, blocksize)
 
     def forward(self, sparse: bool) -> torch.Tensor:
+        if sparse and self.blocks is not None:
+            return bsr_linear(self.inputs, self.weight, self.bias, self.blocks, self.structure)
         if sparse:
             return csr_linear(self.inputs, self.weight, self.bias, self.structure)
         return F.linear(self.inputs, self.weight, self.bias)
@@ -96,9 +122,10 @@ class Layer:
         self.inputs.grad = None
 
 
-def paired(steps: dict, rounds: int, synchronize) -> dict:
-    """Median ms of each step over interleaved rounds (after 2 warm-up rounds), and the median
-    per-round speedup of each over the first (the dense one)."""
+def paired(steps: dict, rounds: int, synchronize, ratios: dict | None = None) -> dict:
+    """Median ms of each step over interleaved rounds (after 2 warm-up rounds), the median
+    per-round speedup of each over the first (the dense one), and for each ``ratios`` entry
+    ``name: (slower, faster)`` the median per-round ratio of those two steps' times."""
     def timed(step):
         start = time.perf_counter()
         step()
@@ -118,6 +145,8 @@ def paired(steps: dict, rounds: int, synchronize) -> dict:
         result[f"{name}_ms"] = round(statistics.median(values), 3)
         if values is not baseline:
             result[f"{name}_speedup"] = round(statistics.median(b / v for b, v in zip(baseline, values)), 2)
+    for name, (slower, faster) in (ratios or {}).items():
+        result[name] = round(statistics.median(s / f for s, f in zip(times[slower], times[faster])), 2)
     return result
 
 
@@ -144,6 +173,75 @@ def measure_speed(out_features, in_features, density, batch, device, adamw, roun
         "training_step": paired({"dense": lambda: dense.training_step(False),
                                  "sparse": lambda: sparse.training_step(True)}, rounds, synchronize),
     }
+
+
+def measure_block_speed(out_features, in_features, density, block, batch, device, adamw, rounds) -> dict:
+    """Dense vs CSR vs BSR on one block mask (three copies of the same layer), paired."""
+    synchronize = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    dense, csr, bsr = (Layer(out_features, in_features, density, batch, device, adamw, block=block) for _ in range(3))
+    dense.start_training(sparse=False)
+    csr.start_training(sparse=True)
+    bsr.start_training(sparse=True, kernel="bsr")
+    inputs = csr.inputs.detach()
+    exported_csr = CSRLinear(csr.weight.detach(), csr.bias.detach())
+    bsr_weight = bsr.blocks.matrix(bsr.blocks.gather(bsr.weight.detach()))  # built once, as an export would
+    bsr_bias = bsr.bias.detach().unsqueeze(1)
+
+    def exported_bsr():  # CSRLinear's forward with a BSR weight
+        return torch.addmm(bsr_bias, bsr_weight, inputs.t()).t().contiguous()
+
+    def no_grad(step):
+        def run():
+            with torch.no_grad():
+                step()
+        return run
+
+    return {
+        "nnz": csr.structure.nnz,
+        "bsr_blocksize": list(bsr.blocks.blocksize),
+        "forward_inference": paired(
+            {"dense": no_grad(lambda: dense.forward(False)), "csr": no_grad(lambda: csr.forward(True)),
+             "bsr": no_grad(lambda: bsr.forward(True)), "exported_csr": no_grad(lambda: exported_csr(inputs)),
+             "exported_bsr": no_grad(exported_bsr)},
+            3 * rounds, synchronize, {"bsr_vs_csr": ("csr", "bsr"), "exported_bsr_vs_csr": ("exported_csr", "exported_bsr")}),
+        "training_step": paired({"dense": lambda: dense.training_step(False), "csr": lambda: csr.training_step(True),
+                                 "bsr": lambda: bsr.training_step(True)}, rounds, synchronize,
+                                {"bsr_vs_csr": ("csr", "bsr")}),
+    }
+
+
+def main_block(args) -> None:
+    """``--structure block``: dense vs CSR vs BSR on block masks."""
+    grid = dict(QUICK_BLOCK if args.quick else {"shapes": SHAPES, **BLOCK})
+    if args.blocks:
+        grid["blocks"] = tuple(tuple(int(side) for side in block.split("x")) for block in args.blocks.split(","))
+    if args.shapes:
+        grid["shapes"] = tuple(tuple(int(side) for side in shape.split("x")) for shape in args.shapes.split(","))
+    rounds = args.rounds or (3 if args.quick else 9)
+    load_before = os.getloadavg()
+    rows = []
+    for out_features, in_features in grid["shapes"]:
+        for density in grid["densities"]:
+            for block in grid["blocks"]:
+                for batch in grid["batches"]:
+                    row = {"shape": [out_features, in_features], "density": density, "block": list(block),
+                           "batch": batch}
+                    row.update(measure_block_speed(out_features, in_features, density, block, batch, args.device,
+                                                   args.adamw, rounds))
+                    rows.append(row)
+                    forward, step = row["forward_inference"], row["training_step"]
+                    print(f"{out_features}x{in_features} density {density} blocks {block[0]}x{block[1]} batch {batch}: "
+                          f"training step dense {step['dense_ms']} csr {step['csr_ms']} bsr {step['bsr_ms']} ms "
+                          f"(bsr {step['bsr_vs_csr']}x csr); exported forward csr {forward['exported_csr_ms']} "
+                          f"bsr {forward['exported_bsr_ms']} ms (bsr {forward['exported_bsr_vs_csr']}x csr)",
+                          file=sys.stderr)
+    print(json.dumps({
+        "benchmark": "sparse_linear", "structure": "block", "torch": torch.__version__, "device": args.device,
+        "cpu": cpu_model(), "threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "training_step_rounds": rounds, "forward_rounds": 3 * rounds, "input_requires_grad": True,
+        "adamw": args.adamw, "results": rows,
+    }, indent=1))
 
 
 def resident_kb(field: str) -> int:
@@ -223,10 +321,17 @@ def main():
     parser.add_argument("--adamw", choices=("fused", "foreach", "for-loop"), default="fused",
                         help="torch's AdamW implementation, the same for both modes (default: fused)")
     parser.add_argument("--rounds", type=int, default=None, help="training-step rounds (forward: 3x as many)")
+    parser.add_argument("--structure", choices=("unstructured", "block"), default="unstructured",
+                        help="block: masks of whole blocks, dense vs CSR vs BSR (no memory measurement)")
+    parser.add_argument("--blocks", help="with --structure block: block sizes, e.g. 4x4,8x8,2x8 (default 4x4,8x8)")
+    parser.add_argument("--shapes", help="with --structure block: layer shapes, e.g. 2048x2048 (default 2048 and 4096)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         print(json.dumps(peak_memory_mb(*json.loads(args.memory_child))))
+        return
+    if args.structure == "block":
+        main_block(args)
         return
 
     shapes, densities, batches = (QUICK["shapes"], QUICK["densities"], QUICK["batches"]) if args.quick \

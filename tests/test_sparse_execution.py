@@ -193,7 +193,8 @@ def test_what_cannot_run_sparse_says_why():
     report = sparsifier.execution_report()
     assert report["0.weight"]["mode"] == "sparse"
     assert report["1.weight"] == {"mode": "dense", "reason": "a Conv1d: only torch.nn.Linear and PyG's Linear run "
-                                  "with sparse kernels", "dense_ms": None, "sparse_ms": None, "density": 1.0}
+                                  "with sparse kernels", "dense_ms": None, "sparse_ms": None, "density": 1.0,
+                                  "kernel": None}
     admm_model = _model()
     admm = gsparse.Sparsifier(admm_model, torch.optim.SGD(admm_model.parameters(), lr=0.1),
                               {"method": "admm", "sparsity": 0.5, "execution": "auto",

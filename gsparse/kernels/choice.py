@@ -1,8 +1,9 @@
 """Per layer, whether CSR execution pays: a one-time, cached micro-benchmark.
 
 :func:`choose_execution` times one training pass (forward + backward with the sampled weight
-gradient) of the masked dense layer against :func:`~gsparse.kernels.csr_linear.csr_linear` on
-random data of the layer's shape, density and batch, interleaving the two and taking the median
+gradient) of the masked dense layer against :func:`~gsparse.kernels.csr_linear.csr_linear` (or,
+for a mask of whole blocks, :func:`~gsparse.kernels.bsr_linear.bsr_linear`: the kernel the layer
+will run) on random data of the layer's shape, density, block size and batch, interleaving the two and taking the median
 of the rounds. The rule is fixed: sparse only when ``dense_ms >= SPEEDUP_MARGIN * sparse_ms``
 (at least 10% faster), so timing noise around break-even keeps the layer dense.
 """
@@ -18,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from gsparse.kernels.bsr_linear import BSRStructure, bsr_linear, bsr_supported
 from gsparse.kernels.csr_linear import CSRStructure, csr_linear, csr_supported
 
 logger = logging.getLogger(__name__)
@@ -76,27 +78,34 @@ def _time_ms(step: Step) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def _cache_key(out_features, in_features, nnz, batch_rows, dtype, device) -> tuple:
+def _cache_key(out_features, in_features, nnz, batch_rows, dtype, device, block) -> tuple:
     # quarter-octave density buckets (~19% apart) and power-of-two batch buckets
     numel = out_features * in_features
     density_bucket = round(4 * math.log2(nnz / numel)) if nnz else None
     batch_bucket = round(math.log2(batch_rows)) if batch_rows else None
-    return (out_features, in_features, density_bucket, batch_bucket, dtype, torch.device(device).type)
+    return (out_features, in_features, density_bucket, batch_bucket, dtype, torch.device(device).type, block)
 
 
 def choose_execution(out_features: int, in_features: int, nnz: int, batch_rows: int,
                      dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                     repeats: int | None = None, timer: Timer = paired_timing) -> ExecutionChoice:
+                     repeats: int | None = None, timer: Timer = paired_timing,
+                     block: tuple[int, int] | None = None) -> ExecutionChoice:
     """Sparse or dense execution for a masked linear layer ``[out_features, in_features]`` with
     ``nnz`` active weights, fed ``batch_rows`` input rows per step (the product of its leading dims).
+    ``block``: the layer runs :func:`~gsparse.kernels.bsr_linear.bsr_linear` with these BSR blocks
+    (its mask is whole blocks), timed so; where torch has no BSR kernel for them, CSR is timed.
 
-    Cached per (shape, density bucket, batch bucket, dtype, device type); ``timer(dense_step,
+    Cached per (shape, density bucket, batch bucket, dtype, device type, block); ``timer(dense_step,
     sparse_step, repeats) -> (dense_ms, sparse_ms)`` measures (injectable for tests).
     """
-    key = _cache_key(out_features, in_features, nnz, batch_rows, dtype, device)
+    device = torch.device(device)
+    if block is not None:
+        block = (int(block[0]), int(block[1]))
+        if out_features % block[0] or in_features % block[1] or not bsr_supported(dtype, device, block):
+            block = None
+    key = _cache_key(out_features, in_features, nnz, batch_rows, dtype, device, block)
     if key in _CACHE:
         return _CACHE[key]
-    device = torch.device(device)
     if not csr_supported(dtype, device):
         choice = ExecutionChoice("dense", None, None, f"no CSR kernel for {dtype} on {device.type}")
     elif nnz >= out_features * in_features:
@@ -104,16 +113,19 @@ def choose_execution(out_features: int, in_features: int, nnz: int, batch_rows: 
     elif batch_rows == 0:
         choice = ExecutionChoice("dense", None, None, "no input rows to measure")
     else:
-        choice = decide(*timer(*_training_steps(out_features, in_features, nnz, batch_rows, dtype, device), repeats))
-    logger.info("layer %dx%d, %d active, %d rows, %s on %s: %s (%s)", out_features, in_features, nnz, batch_rows,
-                dtype, device.type, choice.mode, choice.reason)
+        choice = decide(*timer(*_training_steps(out_features, in_features, nnz, batch_rows, dtype, device, block),
+                               repeats))
+    kernel = "CSR" if block is None else f"BSR {block[0]}x{block[1]}"
+    logger.info("layer %dx%d, %d active, %d rows, %s on %s, %s: %s (%s)", out_features, in_features, nnz, batch_rows,
+                dtype, device.type, kernel, choice.mode, choice.reason)
     _CACHE[key] = choice
     return choice
 
 
-def _training_steps(out_features, in_features, nnz, batch_rows, dtype, device) -> tuple[Step, Step]:
+def _training_steps(out_features, in_features, nnz, batch_rows, dtype, device, block=None) -> tuple[Step, Step]:
     """Forward + backward of the masked dense layer (gradient re-masked) and of ``csr_linear``
-    (sampled gradient), on seeded random data; the mask has about ``nnz`` active entries."""
+    (``bsr_linear`` with ``block`` blocks; sampled gradient), on seeded random data; the mask has
+    about ``nnz`` active entries (whole random blocks with ``block``)."""
     generator = torch.Generator().manual_seed(0)
 
     def random(*shape):
@@ -121,12 +133,16 @@ def _training_steps(out_features, in_features, nnz, batch_rows, dtype, device) -
 
     uniform = torch.rand(out_features, in_features, generator=generator)
     mask = uniform < nnz / (out_features * in_features)
+    if block is not None:  # each block active with the layer's density
+        grid = torch.rand(out_features // block[0], in_features // block[1], generator=generator) < nnz / uniform.numel()
+        mask = grid.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)
     weight = (uniform * mask).to(device=device, dtype=dtype).requires_grad_()  # the values do not matter
     mask = mask.to(device)
     bias = random(out_features).requires_grad_()
     inputs = random(batch_rows, in_features).requires_grad_()
     grad_output = random(batch_rows, out_features)
     structure = CSRStructure.from_mask(mask)
+    blocks = None if block is None else BSRStructure.from_mask(mask, block)
 
     def synchronized(step: Step) -> Step:
         if device.type != "cuda":
@@ -141,7 +157,9 @@ def _training_steps(out_features, in_features, nnz, batch_rows, dtype, device) -
         weight.grad = bias.grad = inputs.grad = None
 
     def sparse_step():  # .contiguous() as in sparse execution (gsparse.kernels.execution): its cost counts
-        csr_linear(inputs, weight, bias, structure).contiguous().backward(grad_output)
+        output = csr_linear(inputs, weight, bias, structure) if blocks is None else \
+            bsr_linear(inputs, weight, bias, blocks, structure)
+        output.contiguous().backward(grad_output)
         weight.grad = bias.grad = inputs.grad = None
 
     return synchronized(dense_step), synchronized(sparse_step)

@@ -159,20 +159,23 @@ def _row_pointers(row_of_entry: torch.Tensor, rows: int) -> torch.Tensor:
     return pointers
 
 
-class _CSRLinear(torch.autograd.Function):
-    # Works on transposed activations: torch's CSR product wants the dense operand row-major, so
+class _SparseLinear(torch.autograd.Function):
+    # Works on transposed activations: torch's sparse products want the dense operand row-major, so
     # Xᵀ is made contiguous once (free when the input is itself a transposed view, as this
     # function's outputs are) and saved for the weight gradient, whose sampled dot products read
-    # rows of dYᵀ and columns of X.
+    # rows of dYᵀ and columns of X. ``products`` (the CSR structure itself, or a BSR one of the same
+    # mask) runs the forward and the input gradient; the weight gradient is always sampled with the
+    # CSR structure.
     @staticmethod
-    def forward(ctx, input, weight, bias, structure: CSRStructure, dense_weight_grad: bool):
+    def forward(ctx, input, weight, bias, structure: CSRStructure, dense_weight_grad: bool, products):
         inputs_t = input.reshape(-1, structure.shape[1]).t().contiguous()
-        matrix = structure.matrix(structure.gather(weight))
+        matrix = products.matrix(products.gather(weight))
         if bias is None:
             output_t = torch.mm(matrix, inputs_t)
         else:
             output_t = torch.addmm(bias.unsqueeze(1), matrix, inputs_t)
-        ctx.structure, ctx.dense_weight_grad, ctx.input_shape = structure, dense_weight_grad, input.shape
+        ctx.structure, ctx.products = structure, products
+        ctx.dense_weight_grad, ctx.input_shape = dense_weight_grad, input.shape
         ctx.save_for_backward(inputs_t if ctx.needs_input_grad[1] else None,
                               matrix.values() if ctx.needs_input_grad[0] else None)
         return output_t.t().reshape(*input.shape[:-1], structure.shape[0])
@@ -185,7 +188,7 @@ class _CSRLinear(torch.autograd.Function):
         grad_t = grad_output.reshape(-1, structure.shape[0]).t().contiguous()
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_input = torch.mm(structure.transposed_matrix(values), grad_t).t().reshape(ctx.input_shape)
+            grad_input = torch.mm(ctx.products.transposed_matrix(values), grad_t).t().reshape(ctx.input_shape)
         if ctx.needs_input_grad[1]:
             if ctx.dense_weight_grad:
                 grad_weight = torch.mm(grad_t, inputs_t.t())
@@ -196,7 +199,7 @@ class _CSRLinear(torch.autograd.Function):
                 grad_weight = structure.scatter(sampled.values())
         if ctx.needs_input_grad[2]:
             grad_bias = grad_t.sum(1)
-        return grad_input, grad_weight, grad_bias, None, None
+        return grad_input, grad_weight, grad_bias, None, None, None
 
 
 def csr_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, structure: CSRStructure,
@@ -214,4 +217,4 @@ def csr_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if tuple(weight.shape) != structure.shape:
         raise ValueError(f"weight of shape {tuple(weight.shape)} does not match the structure's {structure.shape}")
     check_csr_supported(weight.dtype, weight.device)
-    return _CSRLinear.apply(input, weight, bias, structure, dense_weight_grad)
+    return _SparseLinear.apply(input, weight, bias, structure, dense_weight_grad, structure)

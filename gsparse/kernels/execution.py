@@ -18,6 +18,12 @@ nothing again. Eligible: ``torch.nn.Linear`` and PyG's ``Linear`` layers of a
 method that keeps inactive weights at zero between mask changes; a layer whose mask is more than
 half active (a dense phase), or whose dtype has no CSR kernel on its device (bf16/fp16 on CPU),
 runs dense at that time.
+
+With ``structure: block`` a layer runs its forward and input gradient with BSR kernels
+(:func:`~gsparse.kernels.bsr_linear.bsr_linear`, blocks from
+:func:`~gsparse.kernels.bsr_linear.bsr_blocksize`) and keeps the CSR structure for the weight
+gradient; where torch has no BSR kernel for its dtype, device and blocks it runs CSR. ``auto``
+times the kernel the layer runs.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from gsparse.kernels.bsr_linear import BSRStructure, bsr_blocksize, bsr_linear, bsr_supported
 from gsparse.kernels.choice import choose_execution
 from gsparse.kernels.csr_linear import CSRStructure, csr_linear, csr_supported
 
@@ -54,6 +61,7 @@ class LayerExecution:
     sparse_ms: float | None = None
     rows: int | None = None  # input rows of the first forward (what auto times)
     structure: CSRStructure | None = None
+    blocks: BSRStructure | None = None  # structure: block, where torch has BSR kernels: forward and input gradient
     density: float = 1.0
     builds: int = 0  # how often the structure was built (tests: once per mask change)
     sampled: bool = False  # its latest forward since the last step gave a sampled (active-only) weight gradient
@@ -68,7 +76,15 @@ class LayerExecution:
         if self.mode == "sparse" and self.structure is None and self.density > MAX_SPARSE_DENSITY:
             reason += f"; {self.density:.2f} of its weights active now, above {MAX_SPARSE_DENSITY}: runs dense until then"
         return {"mode": self.mode, "reason": reason, "dense_ms": self.dense_ms, "sparse_ms": self.sparse_ms,
-                "density": self.density}
+                "density": self.density, "kernel": self.kernel if self.mode == "sparse" else None}
+
+    @property
+    def kernel(self) -> str | None:
+        """The sparse kernel the layer's structure runs: "csr", "bsr RxC" (its BSR blocks), or None
+        (no structure: dense phase)."""
+        if self.blocks is not None:
+            return f"bsr {self.blocks.blocksize[0]}x{self.blocks.blocksize[1]}"
+        return None if self.structure is None else "csr"
 
 
 def linear_problem(module: torch.nn.Module | None, attribute: str) -> str | None:
@@ -128,13 +144,18 @@ class SparseExecution:
 
     def _rebuild(self) -> None:
         wanted = [entry for entry in self.layers if entry.mode in ("sparse", "pending")]
+        block = getattr(self.engine, "block", None)  # structure: block: masks are whole blocks of this shape
         if wanted:
             full = self.engine.gather(("mask",), [entry.name for entry in wanted])  # a collective when sharded
             for entry in wanted:
                 mask = full[entry.name]["mask"]
+                weight = entry.module.weight
                 entry.density = float(mask.sum()) / max(mask.numel(), 1)
-                entry.structure = CSRStructure.from_mask(mask.reshape(mask.shape[0], -1).to(
-                    entry.module.weight.device)) if entry.density <= MAX_SPARSE_DENSITY else None
+                matrix_mask = mask.reshape(mask.shape[0], -1).to(weight.device)
+                entry.structure = CSRStructure.from_mask(matrix_mask) if entry.density <= MAX_SPARSE_DENSITY else None
+                blocksize = None if entry.structure is None or block is None else bsr_blocksize(
+                    block, weight.dtype, weight.device)
+                entry.blocks = None if blocksize is None else BSRStructure.from_mask(matrix_mask, blocksize)
                 entry.builds += 1
         self._built_version = self.engine.mask_version
 
@@ -183,9 +204,11 @@ class SparseExecution:
             return _NOT_CALLED, 0.0, 0.0
         weight = entry.module.weight  # under ZeRO-3 a placeholder outside forward: shapes from the structure
         out_features, in_features = entry.structure.shape
+        # the block size only when there is one (callers and tests may stand in their own choose_execution)
+        blocks = {} if entry.blocks is None else {"block": entry.blocks.blocksize}
         try:
             choice = choose_execution(out_features, in_features, entry.structure.nnz, entry.rows, weight.dtype,
-                                      weight.device)
+                                      weight.device, **blocks)
         except Exception as error:  # a kernel that fails here must not leave the other ranks waiting
             reasons[entry.name] = f"timing failed ({type(error).__name__}: {error})"
             return _DENSE, 0.0, 0.0
@@ -229,7 +252,10 @@ class SparseExecution:
             self.engine.step + 1)
         if torch.is_grad_enabled() and weight.requires_grad:
             entry.sampled = not dense_gradient
-        # .contiguous(): code after a linear layer may .view its output (the CSR product's is transposed)
+        # .contiguous(): code after a linear layer may .view its output (the sparse product's is transposed)
+        blocks = entry.blocks
+        if blocks is not None and bsr_supported(weight.dtype, weight.device, blocks.blocksize):
+            return bsr_linear(input, weight, bias, blocks, structure, dense_gradient).contiguous()
         return csr_linear(input, weight, bias, structure, dense_gradient).contiguous()
 
     @property
