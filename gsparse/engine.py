@@ -77,7 +77,8 @@ class SparseEngine:
     def __init__(self, specs: Sequence[SparseParamSpec], method: SparseMethod, schedule: UpdateSchedule,
                  backend: Backend, seed: int = 0, mask_weights_after_step: bool = True,
                  layer_parameters: Sequence[dict[str, torch.nn.Parameter]] | None = None,
-                 structure: str = "unstructured", block_size: tuple[int, int] = (4, 4)):
+                 structure: str = "unstructured", block_size: tuple[int, int] = (4, 4),
+                 n_m: tuple[int, int] = (2, 4)):
         self.method = method
         self.schedule = schedule
         self.backend = backend
@@ -102,14 +103,27 @@ class SparseEngine:
         method.setup([LayerInfo(spec.name, tuple(spec.shape), spec.numel, spec.active_count) for spec in specs],
                      schedule)
         self.layers = [self._initial_layer(index, spec) for index, spec in enumerate(specs)]
-        self.fan_in = structure == "fan_in"  # every row of a layer keeps the same active count
+        self.structure = structure
         self.block = tuple(block_size) if structure == "block" else None  # masks are whole blocks of this shape
+        self.n_m = tuple(n_m) if structure == "n_m" else None
         pieces = [LocalSlice(layer.start, layer.mask.numel()) for layer in self.layers]
-        if self.fan_in:
-            self._row_lengths = [max(spec.numel // max(spec.shape[0], 1), 1) if len(spec.shape) else spec.numel
-                                 for spec in specs]
-            self._shared_rows = split_rows(pieces, self._row_lengths, [spec.numel for spec in specs],
-                                           backend.communicator)  # one all-reduce, once
+        # fan_in and n_m: every group of a layer keeps the same active count, a group being a row
+        # (fan_in) or M consecutive weights of a row (n_m); None: no such groups
+        self._group_lengths: list[int] | None = None
+        if structure == "fan_in":
+            self._group_lengths = [max(spec.numel // max(spec.shape[0], 1), 1) if len(spec.shape) else spec.numel
+                                   for spec in specs]
+        elif self.n_m is not None:
+            n, m = self.n_m
+            for spec in specs:
+                if matrix_shape(spec.shape)[1] % m or spec.active_count != spec.numel // m * n:
+                    raise ValueError(f"structure n_m: layer '{spec.name}' of shape {tuple(spec.shape)} with "
+                                     f"{spec.active_count} active weights is not {n} of every {m} consecutive weights "
+                                     f"of its rows: exclude it")
+            self._group_lengths = [m] * len(specs)
+        if self._group_lengths is not None:
+            self._shared_groups = split_rows(pieces, self._group_lengths, [spec.numel for spec in specs],
+                                             backend.communicator)  # one all-reduce, once
         if self.block is not None:
             self._matrix_shapes = [matrix_shape(spec.shape) for spec in specs]
             for spec, (rows, cols) in zip(specs, self._matrix_shapes):
@@ -130,7 +144,7 @@ class SparseEngine:
         return cls(specs, recipe.build_method(), recipe.schedule, backend, seed=recipe.seed,
                    mask_weights_after_step=not skip, layer_parameters=layer_parameters,
                    structure=getattr(recipe, "structure", "unstructured"),
-                   block_size=getattr(recipe, "block_size", (4, 4)))
+                   block_size=getattr(recipe, "block_size", (4, 4)), n_m=getattr(recipe, "n_m", (2, 4)))
 
     # ---- masks -----------------------------------------------------------------------------
 
@@ -287,15 +301,15 @@ class SparseEngine:
         elif change.kind == "reselect":
             inputs = [[method.keep_score(view)] for view in views]
         else:
-            if change.kind == "swap" and self.fan_in:  # the same number in every row
+            if change.kind == "swap" and self._group_lengths is not None:  # the same number in every group
                 k_drop = []
                 for i in layers:
-                    row_length = self._row_lengths[i]
-                    rows = self.layers[i].spec.numel // row_length
-                    active = self.layers[i].active // rows
-                    wanted = (change.layer_counts[i] // rows if change.layer_counts is not None
+                    group_length = self._group_lengths[i]
+                    groups = self.layers[i].spec.numel // group_length
+                    active = self.layers[i].active // groups
+                    wanted = (change.layer_counts[i] // groups if change.layer_counts is not None
                               else round_half_up(change.drop_fraction * active))
-                    k_drop.append(rows * min(wanted, active, row_length - active))
+                    k_drop.append(groups * min(wanted, active, group_length - active))
                 k_grow = k_drop
             elif change.kind == "swap" and self.block is not None:  # whole blocks
                 size = self.block[0] * self.block[1]
@@ -394,24 +408,26 @@ class SparseEngine:
 
     def _select(self, scores: Sequence[torch.Tensor], eligible: Sequence[torch.Tensor | None],
                 layers: Sequence[int], counts: Sequence[int]) -> list[torch.Tensor]:
-        """The exact top-``counts[i]`` of each layer's scores, or with ``structure: fan_in`` the same
-        number in every row (``counts`` are then whole multiples of the layer's rows), or with
-        ``structure: block`` the top blocks by score sums (``counts`` are whole blocks)."""
+        """The exact top-``counts[i]`` of each layer's scores, or with ``structure: fan_in`` / ``n_m``
+        the same number in every group (a row / M consecutive weights of a row; ``counts`` are then
+        whole multiples of the layer's groups), or with ``structure: block`` the top blocks by score
+        sums (``counts`` are whole blocks)."""
         communicator = self.backend.communicator
         if self.block is not None:
             return self._select_blocks(scores, eligible, layers, counts)
-        if not self.fan_in:
+        if self._group_lengths is None:
             return select_top_k(scores, eligible, counts, communicator)
-        per_row = []
+        per_group = []
         for index, count in zip(layers, counts):
-            rows = self.layers[index].spec.numel // self._row_lengths[index]
-            if count % rows:
-                raise ValueError(f"structure fan_in: layer '{self.layers[index].spec.name}' would change {count} "
-                                 f"weights, not a whole number per row ({rows} rows)")
-            per_row.append(count // rows)
-        return select_top_k_per_row(scores, eligible, per_row,
+            groups = self.layers[index].spec.numel // self._group_lengths[index]
+            if count % groups:
+                unit, units = ("row", "rows") if self.n_m is None else (f"group of {self.n_m[1]}", "groups")
+                raise ValueError(f"structure {self.structure}: layer '{self.layers[index].spec.name}' would change "
+                                 f"{count} weights, not a whole number per {unit} ({groups} {units})")
+            per_group.append(count // groups)
+        return select_top_k_per_row(scores, eligible, per_group,
                                     [LocalSlice(self.layers[i].start, self.layers[i].mask.numel()) for i in layers],
-                                    [self._row_lengths[i] for i in layers], [self._shared_rows[i] for i in layers],
+                                    [self._group_lengths[i] for i in layers], [self._shared_groups[i] for i in layers],
                                     communicator)
 
     def _select_blocks(self, scores: Sequence[torch.Tensor], eligible: Sequence[torch.Tensor | None],
@@ -427,14 +443,15 @@ class SparseEngine:
                                    [self._shared_block_rows[i] for i in layers], self.backend.communicator)
 
     def _refuse_structure(self, change: MaskChange) -> None:
-        """Changes over all layers together, and elementwise assignments, keep neither rows nor blocks."""
-        structure = "fan_in" if self.fan_in else "block" if self.block is not None else None
-        if structure is None:
+        """Changes over all layers together, and elementwise assignments, keep neither equal groups
+        (rows, N:M) nor blocks."""
+        if self.structure not in ("fan_in", "block", "n_m"):
             return
+        keeps = ("rows equal" if self.structure == "fan_in" else "masks in whole blocks" if self.block is not None
+                 else f"{self.n_m[0]} of every {self.n_m[1]} consecutive weights")
         what = "an elementwise assign" if change.kind == "assign" else f"a {change.kind} over all layers together"
-        keeps = "rows equal" if self.fan_in else "masks in whole blocks"
-        raise ValueError(f"structure {structure}: method '{self.method.name}' asked for {what}, which does not keep "
-                         f"{keeps}")
+        raise ValueError(f"structure {self.structure}: method '{self.method.name}' asked for {what}, which does not "
+                         f"keep {keeps}")
 
     def _changed_counts(self, dropped: Sequence[torch.Tensor], grown: Sequence[torch.Tensor]):
         """Global numbers of dropped and grown weights per layer (one all-reduce)."""

@@ -1,6 +1,7 @@
 """Which parameters of a model are sparse, and at which per-layer sparsity."""
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -84,10 +85,16 @@ def sparse_param_specs(model: torch.nn.Module, recipe) -> list[SparseParamSpec]:
             raise RecipeError(f"layer_sparsity.{pattern}", "matches no sparse parameter; sparse parameters are: "
                               + ", ".join(shapes))
         custom.update({n: sparsity for n in matched})
+    structure = getattr(recipe, "structure", "unstructured")
+    if structure == "n_m":  # N of every M consecutive weights of a row, whatever the distribution
+        n, m = recipe.n_m
+        for name, shape in shapes.items():
+            check_n_m_divisible(name, shape, (n, m))
+        return [SparseParamSpec(name, torch.Size(shape), n / m, math.prod(shape) // m * n)
+                for name, shape in shapes.items()]
     densities = layer_densities(shapes, recipe.sparsity, recipe.distribution, custom=custom,
                                 erk_power_scale=recipe.erk_power_scale)
     counts = active_counts(shapes, densities)
-    structure = getattr(recipe, "structure", "unstructured")
     if structure == "fan_in":  # whole rows: the count per row, times rows
         counts = {n: shapes[n][0] * round_half_up(count / shapes[n][0]) if len(shapes[n]) else count
                   for n, count in counts.items()}
@@ -107,6 +114,15 @@ def check_block_divisible(name: str, shape, block: tuple[int, int]) -> None:
         raise RecipeError("block_size", f"{block[0]} x {block[1]} blocks do not tile layer '{name}' of shape "
                                         f"{tuple(shape)} (a {rows} x {cols} matrix): exclude it (params.exclude) or "
                                         "pick another block_size")
+
+
+def check_n_m_divisible(name: str, shape, n_m: tuple[int, int]) -> None:
+    """Raise :class:`RecipeError` (key ``n_m``) unless the weight's rows (``numel // shape[0]``: the
+    input dimension, in*kh*kw for a convolution) split into whole groups of M."""
+    row_length = matrix_shape(shape)[1]
+    if row_length % n_m[1]:
+        raise RecipeError("n_m", f"{n_m[0]}:{n_m[1]} needs rows that are whole groups of {n_m[1]}; layer '{name}' of "
+                                 f"shape {tuple(shape)} has rows of {row_length}: exclude it (params.exclude)")
 
 
 def _check_patterns_match(names: list[str], patterns: tuple[str, ...], key: str) -> None:

@@ -32,7 +32,9 @@ Every key is checked before training starts; a bad key or value raises one
     structure: unstructured       # unstructured | fan_in: every output (row) keeps the same number
                                   # of active inputs, through every update (SRigL's constant fan-in)
                                   # | block: masks are whole blocks of the weight as a matrix
+                                  # | n_m: N active in every M consecutive weights of a row (2:4)
     block_size: 4                 # structure: block: b (b x b blocks) or [rows, cols]
+    n_m: [2, 4]                   # structure: n_m: [N, M], 1 <= N < M; sparsity must be 1 - N/M
 
 Run-relative values: every step count (the schedule's, and a method's such as ADMM's phases or
 MEST's milestones) may be ``"N%"`` of the run's optimizer steps, and the epoch-keyed methods'
@@ -59,7 +61,7 @@ from gsparse.options import (RUN_RELATIVE, FromRun, Option, RecipeError, RecipeW
 from gsparse.schedules import DROP_FRACTION_DECAYS, UpdateSchedule
 
 DEFAULT_MODULE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
-STRUCTURES = ("unstructured", "fan_in", "block")
+STRUCTURES = ("unstructured", "fan_in", "block", "n_m")
 
 _PARAMS_OPTIONS = {
     "module_types": Option(DEFAULT_MODULE_TYPES, string_list),
@@ -77,6 +79,7 @@ _SCHEDULE_OPTIONS = {
     "final_drop_fraction": Option(0.0, number(0.0, 1.0)),
 }
 DEFAULT_BLOCK_SIZE = (4, 4)
+DEFAULT_N_M = (2, 4)
 
 
 def _block_size(key: str, value: Any) -> tuple[int, int]:
@@ -87,6 +90,15 @@ def _block_size(key: str, value: Any) -> tuple[int, int]:
         raise RecipeError(key, f"expected a positive integer b (b x b blocks) or a list [rows, cols] of two, "
                                f"got {value!r}")
     return int(pair[0]), int(pair[1])
+
+
+def _n_m(key: str, value: Any) -> tuple[int, int]:
+    """``[N, M]``: integers with ``1 <= N < M``."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or \
+            any(isinstance(n, bool) or not isinstance(n, int) for n in value) or not 1 <= value[0] < value[1]:
+        raise RecipeError(key, f"expected [N, M], integers with 1 <= N < M (N active in every M consecutive weights "
+                               f"of a row, e.g. [2, 4]), got {value!r}")
+    return int(value[0]), int(value[1])
 
 
 _RECIPE_OPTIONS = {
@@ -103,6 +115,7 @@ _RECIPE_OPTIONS = {
     "execution": Option("dense", choice("dense", "sparse", "auto")),
     "structure": Option("unstructured", choice(*STRUCTURES)),
     "block_size": Option(None, optional(_block_size)),  # None: DEFAULT_BLOCK_SIZE
+    "n_m": Option(None, optional(_n_m)),  # None: DEFAULT_N_M
 }
 
 
@@ -137,6 +150,7 @@ class Recipe:
     execution: str = "dense"  # see gsparse.kernels.execution
     structure: str = "unstructured"  # or "fan_in": the same active count in every row of a layer; "block"
     block_size: tuple[int, int] = DEFAULT_BLOCK_SIZE  # (rows, cols) of a block, with structure "block"
+    n_m: tuple[int, int] = DEFAULT_N_M  # (N, M): N active in every M consecutive weights of a row, with "n_m"
 
     @property
     def method_class(self):
@@ -235,14 +249,34 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
     if top["block_size"] is not None and top["structure"] != "block":
         raise RecipeError("block_size", f"is given, but structure is '{top['structure']}': it applies to "
                                         "structure: block only")
+    n_m = top["n_m"] or DEFAULT_N_M
+    if top["n_m"] is not None and top["structure"] != "n_m":
+        raise RecipeError("n_m", f"is given, but structure is '{top['structure']}': it applies to structure: n_m only")
+    if top["structure"] == "n_m":
+        _check_n_m(top, n_m, method_class)
     method_args = resolve_options(top["method_args"], method_class.options, "method_args.")
     return Recipe(
         method=top["method"], sparsity=top["sparsity"], distribution=top["distribution"],
         erk_power_scale=top["erk_power_scale"], layer_sparsity=top["layer_sparsity"], params=params,
         schedule=schedule, method_args=method_args, seed=top["seed"],
         mask_weights_after_step=top["mask_weights_after_step"], source=source, execution=top["execution"],
-        structure=top["structure"], block_size=top["block_size"] or DEFAULT_BLOCK_SIZE,
+        structure=top["structure"], block_size=top["block_size"] or DEFAULT_BLOCK_SIZE, n_m=n_m,
     )
+
+
+def _check_n_m(top: Mapping[str, Any], n_m: tuple[int, int], method_class) -> None:
+    """``structure: n_m``: every layer is at density N/M, kept by per-group swaps."""
+    n, m = n_m
+    if not method_class.supports_fan_in:
+        raise RecipeError("structure", f"'n_m' needs a method whose mask changes are per-layer swaps or selections "
+                                       f"(rigl, dst_ee, set, static and other drop/grow methods); "
+                                       f"'{top['method']}' is not one")
+    if abs(top["sparsity"] - (1 - n / m)) > 1e-9:
+        raise RecipeError("sparsity", f"must be 1 - N/M = {1 - n / m:g} (within 1e-9) with structure n_m {n}:{m}, "
+                                      f"got {top['sparsity']}")
+    if top["layer_sparsity"]:
+        raise RecipeError("layer_sparsity", f"is given, but with structure n_m every sparse layer is {n}:{m}; keep a "
+                                            "layer dense with params.exclude instead")
 
 
 

@@ -14,8 +14,9 @@ The algorithm is a radix select on order-preserving 32-bit keys: four passes, ea
 one all-reduce of per-rank tie counts. Communication is a few KiB per call, independent of the
 number of weights, and no rank ever sees another rank's scores.
 
-The structured variants build on it: :func:`select_top_k_per_row` (``structure: fan_in``) and
-:func:`select_top_k_blocks` (``structure: block``, the blocks ranked by their score sums).
+The structured variants build on it: :func:`select_top_k_per_row` (``structure: fan_in``, and
+``structure: n_m`` with groups of M as its rows) and :func:`select_top_k_blocks` (``structure:
+block``, the blocks ranked by their score sums).
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ TRAIN_CONFIGS = ["0-dst_ee", "0-rigl", "1-dst_ee", "1-rigl", "2-dst_ee", "2-rigl
                  "0-dst_ee-fp16", "1-rigl-fp16", "2-dst_ee-fp16", "3-rigl-fp16",
                  "0-rigl-csr", "1-dst_ee-csr", "2-rigl-csr", "3-dst_ee-csr", "2-dst_ee-csr-gas2", "1-rigl-auto",
                  "3-rigl-auto", "1-set-fanin", "2-rigl-fanin", "3-dst_ee-fanin", "1-dst_ee-block", "2-rigl-block",
-                 "3-dst_ee-block"]
+                 "3-dst_ee-block", "1-rigl-nm", "2-dst_ee-nm", "3-rigl-nm"]
 
 
 def _free_port() -> int:
@@ -91,7 +91,7 @@ def test_sparsity_exact_every_step_and_low_precision_zero(results, config):
     assert entry["steps"] == 200 - entry["skipped"]  # fp16: loss-scale overflows are no steps
     assert entry["skipped"] <= (3 if "fp16" in config else 0)
     assert entry["updates"] == {"admm": 1, "gmp": 14}.get(config.split("-")[1], 15)
-    assert entry["density"] == pytest.approx(0.15, abs=0.01)
+    assert entry["density"] == pytest.approx(0.5 if config.endswith("-nm") else 0.15, abs=0.01)  # 2:4: exactly 0.5
 
 
 @pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if not {"bf16", "fp16", "csr", "auto"} & set(c.split("-"))])
@@ -144,6 +144,19 @@ def test_block_structure_under_zero_keeps_whole_blocks_and_equals_single_process
     entry = results[f"two:train/{config}"]
     assert all(set(counts) <= {0, 16} for counts in entry["block_counts"].values()), entry["block_counts"]
     assert entry["masks_equal"] and entry["counters_equal"] and entry["updates"] == 15
+
+
+@pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if c.endswith("-nm")])
+def test_n_m_under_zero_keeps_two_of_every_four_and_equals_single_process(results, config):
+    """structure: n_m (2:4) with 2 ranks: every group of 4 consecutive weights holds exactly 2 active
+    after training, and masks and counters equal the single-process run's (also in
+    test_masks_and_counters_equal_single_process). At ZeRO-1/2 the partition boundary falls inside a
+    group of 2.weight (element 538 of 1536), which goes through the distributed selection."""
+    entry = results[f"two:train/{config}"]
+    assert entry["group_counts"] == {"0.weight": [2], "2.weight": [2], "4.weight": [2]}
+    assert entry["density"] == 0.5 and entry["violations"]["active_count"] == 0
+    assert entry["masks_equal"] and entry["counters_equal"] and entry["updates"] == 15
+    assert entry["cut_groups"] == (0 if config.startswith("3-") else 1)  # ZeRO-3 halves every weight: 288, 768, 64
 
 
 def test_runner_at_zero3_runs_sparse_and_exports_the_gathered_model(results):

@@ -176,8 +176,8 @@ class SparseMethod:
     dormant_weights: ClassVar[bool] = False
     exact_target: ClassVar[bool] = True
     # its mask changes are per-layer swaps and selections (no global change, no elementwise assign), so
-    # they can keep every row's active count or whole blocks: it can run with the recipe's
-    # ``structure: fan_in`` or ``structure: block``
+    # they can keep every row's (or every group of M's) active count or whole blocks: it can run with
+    # the recipe's ``structure: fan_in``, ``structure: n_m`` or ``structure: block``
     supports_fan_in: ClassVar[bool] = False
 
     def __init__(self, **args: Any):

@@ -65,6 +65,8 @@ def batch(step: int, micro: int = 0):
 
 
 def recipe(method: str, interval: int = 10, last: int = 150, structure: str = "unstructured") -> dict:
+    if structure == "n_m":  # 2:4 fixes the sparsity at 1 - 2/4
+        return {**_recipe(method, interval, last), "structure": structure, "n_m": [2, 4], "sparsity": 0.5}
     return {**_recipe(method, interval, last), "structure": structure}
 
 
@@ -207,7 +209,8 @@ def scenario_train(results: dict, configs: list[str]):
 
             execution_module.choose_execution = lambda out, inp, nnz, rows, dtype, device: ExecutionChoice(
                 "sparse" if out * inp >= 48 * 32 else "dense", 2.0, 1.0 if out * inp >= 48 * 32 else 3.0, "test")
-        structure = "fan_in" if "fanin" in options else "block" if "block" in options else "unstructured"
+        structure = next((name for option, name in (("fanin", "fan_in"), ("block", "block"), ("nm", "n_m"))
+                          if option in options), "unstructured")
         engine, sparsifier = build(stage, method, accumulation=accumulation, dtype=dtype,
                                    weight_masking=weight_masking, execution=execution, structure=structure)
         if sparsifier.engine.mask_weights_after_step != (weight_masking == "always"):
@@ -231,6 +234,13 @@ def scenario_train(results: dict, configs: list[str]):
         entry["block_counts"] = {} if structure != "block" else {
             name: sorted(set(mask.reshape(rows[name] // 4, 4, -1, 4).sum((1, 3)).view(-1).tolist()))
             for name, mask in masks.items()}
+        # structure: n_m (2:4): the active elements of every group of 4, and how many groups the
+        # boundaries of this rank's pieces cut (a cut group goes through the distributed selection)
+        entry["group_counts"] = {} if structure != "n_m" else {
+            name: sorted(set(mask.reshape(-1, 4).sum(1).tolist())) for name, mask in masks.items()}
+        numels = {spec.name: spec.numel for spec in sparsifier.specs}
+        entry["cut_groups"] = sum(1 for name, (start, mask) in sparsifier.local_masks().items()
+                                  for bound in (start, start + mask.numel()) if 0 < bound < numels[name] and bound % 4)
         if dist.get_rank() == 0 and dtype == "fp32":
             key = (method, accumulation, structure)
             if key not in references:
