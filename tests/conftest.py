@@ -1,6 +1,24 @@
 import contextlib
 
+import pytest
 import torch
+
+from gsparse.methods import register_method, registry
+
+
+@pytest.fixture
+def register_temporarily():
+    """``register_method`` for one test: other tests (e.g. the property tests, which draw from every
+    registered method) must not meet its toy methods."""
+    names = []
+
+    def register(name, cls):
+        register_method(name, cls, replace=True)
+        names.append(name)
+
+    yield register
+    for name in names:
+        registry.METHODS.pop(name, None)
 
 
 def small_mlp(seed: int = 0) -> torch.nn.Module:

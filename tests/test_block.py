@@ -4,7 +4,7 @@ import torch
 
 import gsparse
 from gsparse import RecipeError, hashrng, load_recipe
-from gsparse.methods import MaskChange, register_method
+from gsparse.methods import MaskChange
 from gsparse.methods.rigl import RigL
 
 
@@ -139,7 +139,7 @@ def test_a_layer_the_blocks_do_not_tile_is_refused_by_name_and_shape():
         gsparse.Sparsifier(model, optimizer, {"method": "rigl", "sparsity": 0.5, "structure": "block"})
 
 
-def test_methods_that_select_globally_or_assign_are_refused():
+def test_methods_that_select_globally_or_assign_are_refused(register_temporarily):
     with pytest.raises(RecipeError, match="recipe key 'structure': 'block' needs a method whose mask changes are "
                                           "per-layer swaps"):
         load_recipe({"method": "gmp", "sparsity": 0.5, "structure": "block",
@@ -153,8 +153,8 @@ def test_methods_that_select_globally_or_assign_are_refused():
         def mask_change(self, step):
             return MaskChange.assign()
 
-    register_method("test_block_global_start", GlobalStart, replace=True)
-    register_method("test_block_assigning", Assigning, replace=True)
+    register_temporarily("test_block_global_start", GlobalStart)
+    register_temporarily("test_block_assigning", Assigning)
     with pytest.raises(ValueError, match="structure block: method 'test_block_global_start' asked for a reselect "
                                          "over all layers together, which does not keep masks in whole blocks"):
         _tiny(method="test_block_global_start")

@@ -4,7 +4,7 @@ import torch
 
 import gsparse
 from gsparse import RecipeError, load_recipe
-from gsparse.methods import MaskChange, register_method
+from gsparse.methods import MaskChange
 from gsparse.methods.rigl import RigL
 
 
@@ -134,7 +134,7 @@ def test_a_layer_whose_rows_are_not_whole_groups_is_refused_by_name_shape_and_m(
     assert [spec.active_count for spec in sparsifier.specs] == [32, 216]
 
 
-def test_methods_that_resize_or_select_globally_are_refused():
+def test_methods_that_resize_or_select_globally_are_refused(register_temporarily):
     with pytest.raises(RecipeError, match="recipe key 'structure': 'n_m' needs a method whose mask changes are "
                                           "per-layer swaps or selections"):
         load_recipe({"method": "gmp", "sparsity": 0.5, "structure": "n_m",
@@ -144,7 +144,7 @@ def test_methods_that_resize_or_select_globally_are_refused():
         def initial_change(self):
             return MaskChange.reselect(total=sum(layer.target_active for layer in self.layers))
 
-    register_method("test_n_m_global_start", GlobalStart, replace=True)
+    register_temporarily("test_n_m_global_start", GlobalStart)
     with pytest.raises(ValueError, match="structure n_m: method 'test_n_m_global_start' asked for a reselect over all "
                                          "layers together, which does not keep 2 of every 4 consecutive weights"):
         _tiny(method="test_n_m_global_start")
