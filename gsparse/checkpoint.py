@@ -90,7 +90,7 @@ def _reshard(engine: SparseEngine, shards: list[Path]) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         header = header or {key: state.get(key) for key in ("step", "num_updates", "skipped_updates", "seed",
                                                             "active_weight_steps", "layer_active_steps",
-                                                            "method_state", "extra_state")}
+                                                            "method_state", "extra_state", "structure")}
         missing = set(pieces) - set(state["layers"])
         if missing:
             raise ValueError(f"{path} has no state for sparse layers {sorted(missing)}")

@@ -294,6 +294,10 @@ class SparseEngine:
             raise RuntimeError(f"method '{self.method.name}' needs gradients at step {self.step}, but a sparse "
                                "parameter has none: call backward() before optimizer.step()")
         method = self.method
+        if self.n_m is not None and (change.kind == "resize" or (change.kind == "reselect" and any(
+                change.layer_counts[i] != self.layers[i].spec.active_count for i in layers))):
+            raise ValueError(f"structure n_m: method '{method.name}' asked for a {change.kind} to other counts, "
+                             f"which does not keep {self.n_m[0]} of every {self.n_m[1]} consecutive weights")
         if change.kind == "assign":
             self._refuse_structure(change)
             inputs = [[view.weight, torch.tensor(list(view.parameters.values()), dtype=torch.float32)]
@@ -617,6 +621,7 @@ class SparseEngine:
             "layer_active_steps": list(self.layer_active_steps),
             "method_state": self.method.state_dict(),
             "extra_state": dict(self.extra_state),
+            "structure": self._structure_record(),
             "layers": {
                 layer.spec.name: {"shape": tuple(layer.spec.shape), "start": layer.start, "active": layer.active,
                                   **{key: value.clone() for key, value in layer.per_weight_state().items()}}
@@ -624,7 +629,16 @@ class SparseEngine:
             },
         }
 
+    def _structure_record(self) -> dict[str, Any]:
+        return {"structure": self.structure, "block_size": None if self.block is None else list(self.block),
+                "n_m": None if self.n_m is None else list(self.n_m)}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved_structure = state.get("structure")  # absent in checkpoints of gsparse before structures
+        if saved_structure is not None and saved_structure != self._structure_record():
+            raise ValueError(f"the checkpoint's masks were trained with {_describe_structure(saved_structure)}, but "
+                             f"this run's recipe says {_describe_structure(self._structure_record())}: resume with "
+                             "the recipe that wrote the checkpoint")
         saved = state["layers"]
         expected = {layer.spec.name for layer in self.layers}
         if set(saved) != expected:
@@ -676,3 +690,10 @@ def _wire_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _safe_ratio(numerator: float, denominator: float) -> float:
     return float(numerator) / float(denominator) if denominator else 0.0
+
+
+def _describe_structure(record: dict[str, Any]) -> str:
+    """``structure: block (block_size [4, 4])`` for error messages."""
+    extra = (f" (block_size {record['block_size']})" if record.get("block_size") else
+             f" (n_m {record['n_m']})" if record.get("n_m") else "")
+    return f"structure: {record.get('structure')}{extra}"

@@ -54,8 +54,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from gsparse.distributions import DISTRIBUTIONS
+from gsparse.distributions import DISTRIBUTIONS, round_half_up
 from gsparse.methods import available_methods, get_method
+from gsparse.methods.base import DropGrowMethod
 from gsparse.options import (RUN_RELATIVE, FromRun, Option, RecipeError, RecipeWarning, boolean, choice,
                              integer, mapping_of, number, optional, resolve_options, steps, string_list)
 from gsparse.schedules import DROP_FRACTION_DECAYS, UpdateSchedule
@@ -253,7 +254,7 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
     if top["n_m"] is not None and top["structure"] != "n_m":
         raise RecipeError("n_m", f"is given, but structure is '{top['structure']}': it applies to structure: n_m only")
     if top["structure"] == "n_m":
-        _check_n_m(top, n_m, method_class)
+        _check_n_m(top, n_m, method_class, schedule)
     method_args = resolve_options(top["method_args"], method_class.options, "method_args.")
     return Recipe(
         method=top["method"], sparsity=top["sparsity"], distribution=top["distribution"],
@@ -264,9 +265,13 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
     )
 
 
-def _check_n_m(top: Mapping[str, Any], n_m: tuple[int, int], method_class) -> None:
+def _check_n_m(top: Mapping[str, Any], n_m: tuple[int, int], method_class, schedule: UpdateSchedule) -> None:
     """``structure: n_m``: every layer is at density N/M, kept by per-group swaps."""
     n, m = n_m
+    if issubclass(method_class, DropGrowMethod) and round_half_up(schedule.drop_fraction * n) == 0:
+        warnings.warn(f"recipe key 'schedule.drop_fraction': with n_m {n}:{m} every group swaps "
+                      f"round({schedule.drop_fraction} x {n}) = 0 weights per update, so the masks never change; "
+                      f"give a drop_fraction of at least {0.5 / n:g}", RecipeWarning, stacklevel=3)
     if not method_class.supports_fan_in:
         raise RecipeError("structure", f"'n_m' needs a method whose mask changes are per-layer swaps or selections "
                                        f"(rigl, dst_ee, set, static and other drop/grow methods); "

@@ -148,3 +148,35 @@ def test_methods_that_resize_or_select_globally_are_refused(register_temporarily
     with pytest.raises(ValueError, match="structure n_m: method 'test_n_m_global_start' asked for a reselect over all "
                                          "layers together, which does not keep 2 of every 4 consecutive weights"):
         _tiny(method="test_n_m_global_start")
+
+
+def test_a_per_layer_resize_is_refused_because_it_would_break_n_of_m(register_temporarily):
+    class Resizing(RigL):
+        def mask_change(self, step):
+            return MaskChange.resize(layer_counts=[layer.numel * 3 // 4 for layer in self.layers])
+
+    register_temporarily("test_n_m_resizing", Resizing)
+    layer, optimizer, _ = _tiny(method="test_n_m_resizing")
+    with pytest.raises(ValueError, match="structure n_m: method 'test_n_m_resizing' asked for a resize to other "
+                                         "counts, which does not keep 2 of every 4 consecutive weights"):
+        _step(layer, optimizer, grad=[1.0] * 8)
+
+
+def test_a_drop_fraction_that_rounds_to_no_swap_per_group_warns():
+    with pytest.warns(gsparse.RecipeWarning, match=r"with n_m 1:4 every group swaps round\(0.3 x 1\) = 0 weights "
+                                                   r"per update, so the masks never change; give a drop_fraction of "
+                                                   r"at least 0.5"):
+        load_recipe({"method": "rigl", "sparsity": 0.75, "structure": "n_m", "n_m": [1, 4]})
+
+
+def test_a_checkpoint_of_another_structure_is_refused_on_load():
+    layer = torch.nn.Linear(8, 4, bias=False)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    unstructured = gsparse.Sparsifier(layer, optimizer, {"method": "rigl", "sparsity": 0.5}).state_dict()
+    unstructured["recipe"] = None
+    other = torch.nn.Linear(8, 4, bias=False)
+    structured = gsparse.Sparsifier(other, torch.optim.SGD(other.parameters(), lr=0.1),
+                                    {"method": "rigl", "sparsity": 0.5, "structure": "n_m"})
+    with pytest.raises(ValueError, match=r"the checkpoint's masks were trained with structure: unstructured, but "
+                                         r"this run's recipe says structure: n_m \(n_m \[2, 4\]\)"):
+        structured.load_state_dict(unstructured)
