@@ -2,8 +2,11 @@
 
 * :class:`CSRLinear` runs a linear layer with its weight as a sparse CSR tensor (torch's own CSR
   kernels: on this CPU a 2048x2048 layer at 5% density is ~4x faster than dense, a 128x16 one slower).
+* :class:`BSRLinear` holds the weight as square BSR blocks: for block masks (``structure: block``)
+  ~1.2-1.5x faster than CSR on this CPU (docs/benchmarks.md, "Block masks").
 * :func:`export_sparse` copies a model with its large, sparse-enough linear layers replaced by
-  ``CSRLinear``; the copy is plain PyTorch (``torch.save``/``torch.load``, ``torch.jit.script``)
+  ``CSRLinear`` (or ``BSRLinear``, given the mask's block size); the copy is plain PyTorch
+  (``torch.save``/``torch.load``, ``torch.jit.script`` once BSR layers are CSR: :func:`with_csr_layers`)
   and needs neither DeepSpeed nor gsparse's training code.
 * :func:`save_compact` / :func:`load_compact` store a state dict with its sparse weights as CSR
   pieces (safetensors when installed, else a ``.pt`` with the same layout), loaded back bit-exact.
@@ -21,6 +24,7 @@ from typing import Iterable, Mapping
 
 import torch
 
+from gsparse.kernels.bsr_linear import bsr_blocksize, bsr_supported
 from gsparse.kernels.csr_linear import csr_supported
 
 PYG_LINEAR = ("torch_geometric.nn.dense.linear", "Linear")  # its forward is F.linear(x, weight, bias)
@@ -48,40 +52,23 @@ def csr_from_dense(weight: torch.Tensor) -> torch.Tensor:
     return torch.sparse_csr_tensor(crow, col, csr.values(), csr.shape, check_invariants=False)
 
 
-class CSRLinear(torch.nn.Module):
-    """``y = x Wᵀ + b`` with ``W`` held as a sparse CSR tensor, for inference.
+class _SparseWeightLinear(torch.nn.Module):
+    """What :class:`CSRLinear` and :class:`BSRLinear` share: the buffers, forward, deepcopy and
+    ``load_state_dict``. A subclass says how a weight becomes its sparse layout (``_sparse_weight``)."""
 
-    ``weight`` (CSR, ``[out_features, in_features]``) and ``bias`` (dense or None) are buffers, so
-    ``state_dict``/``load_state_dict``, ``.to()`` and ``torch.save`` carry them; a dense weight
-    given to ``load_state_dict`` is converted. Inputs may have any leading shape ``[..., in]``.
-    No gradients are computed for the weight.
-    """
+    __jit_unused_properties__ = ["nnz", "density", "num_blocks", "fill"]  # TorchScript infers int attributes
 
-    __jit_unused_properties__ = ["nnz", "density"]  # TorchScript infers the int attributes from their values
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        super().__init__()
-        if weight.dim() != 2:
-            raise ValueError(f"CSRLinear needs a 2-D weight, got shape {tuple(weight.shape)}")
-        if not csr_kernel_available(weight.dtype, weight.device):
-            raise ValueError(f"torch has no CSR matrix product for {weight.dtype} on {weight.device.type}; "
-                             "keep this layer dense")
+    def _register(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
-        csr = weight.detach() if weight.layout == torch.sparse_csr else csr_from_dense(weight)
-        self.register_buffer("weight", csr)
+        self.register_buffer("weight", self._sparse_weight(weight.detach()))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
-    @classmethod
-    def from_linear(cls, linear: torch.nn.Module) -> "CSRLinear":
-        """The layer computing what ``linear`` (``F.linear(x, linear.weight, linear.bias)``) does.
-
-        Its nonzero weights become the CSR entries: a trained gsparse model holds exact zeros at
-        inactive weights, and an active weight that is exactly zero adds nothing, so this is exact.
-        """
-        return cls(linear.weight, linear.bias)
+    def _sparse_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     @property
     def nnz(self) -> int:
+        """Stored weight entries (with BSR, every entry of every stored block)."""
         return int(self.weight.values().numel())
 
     @property
@@ -90,7 +77,7 @@ class CSRLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        # sparse x dense is torch's fast CSR product (dense x sparse is ~5x slower); making the
+        # sparse x dense is torch's fast sparse product (dense x sparse is ~5x slower); making the
         # transposed result contiguous costs ~5% and keeps ``.view`` working as after nn.Linear
         if self.bias is None:
             out = torch.mm(self.weight, rows.t())
@@ -98,17 +85,13 @@ class CSRLinear(torch.nn.Module):
             out = torch.addmm(self.bias.unsqueeze(1), self.weight, rows.t())
         return out.t().contiguous().reshape(list(x.shape[:-1]) + [self.out_features])
 
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
-                f"density={self.density:.4f}, bias={self.bias is not None}, dtype={self.weight.dtype}")
-
     def __deepcopy__(self, memo):
-        # torch cannot deepcopy sparse CSR tensors (no storage to copy); clone them instead
+        # torch cannot deepcopy sparse CSR/BSR tensors (no storage to copy); clone them instead
         clone = type(self).__new__(type(self))
         memo[id(self)] = clone
         for key, value in self.__dict__.items():
             if key == "_buffers":
-                clone.__dict__[key] = {name: tensor.clone() if tensor is not None and tensor.layout == torch.sparse_csr
+                clone.__dict__[key] = {name: tensor.clone() if tensor is not None and tensor.layout != torch.strided
                                        else copy.deepcopy(tensor, memo) for name, tensor in value.items()}
             else:
                 clone.__dict__[key] = copy.deepcopy(value, memo)
@@ -116,7 +99,7 @@ class CSRLinear(torch.nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        # the default copies in place, which CSR allows only for the same number of entries
+        # the default copies in place, which sparse tensors allow only for the same number of entries
         for name in ("weight", "bias"):
             current, key = self._buffers[name], prefix + name
             if current is None:
@@ -133,7 +116,7 @@ class CSRLinear(torch.nn.Module):
                 continue
             value = value.detach().to(device=current.device, dtype=current.dtype)
             if name == "weight":
-                self._buffers[name] = value.clone() if value.layout == torch.sparse_csr else csr_from_dense(value)
+                self._buffers[name] = self._sparse_weight(value)
             else:
                 with torch.no_grad():
                     current.copy_(value)
@@ -142,10 +125,134 @@ class CSRLinear(torch.nn.Module):
                                    and "." not in key[len(prefix):] and key[len(prefix):] not in ("weight", "bias"))
 
 
+class CSRLinear(_SparseWeightLinear):
+    """``y = x Wᵀ + b`` with ``W`` held as a sparse CSR tensor, for inference.
+
+    ``weight`` (CSR, ``[out_features, in_features]``) and ``bias`` (dense or None) are buffers, so
+    ``state_dict``/``load_state_dict``, ``.to()`` and ``torch.save`` carry them; a dense weight
+    given to ``load_state_dict`` is converted. Inputs may have any leading shape ``[..., in]``.
+    No gradients are computed for the weight.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        if weight.dim() != 2:
+            raise ValueError(f"CSRLinear needs a 2-D weight, got shape {tuple(weight.shape)}")
+        if not csr_kernel_available(weight.dtype, weight.device):
+            raise ValueError(f"torch has no CSR matrix product for {weight.dtype} on {weight.device.type}; "
+                             "keep this layer dense")
+        super().__init__()
+        self._register(weight, bias)
+
+    def _sparse_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.layout == torch.sparse_csr:
+            return weight.clone()
+        return csr_from_dense(weight if weight.layout == torch.strided else weight.to_dense())
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Module) -> "CSRLinear":
+        """The layer computing what ``linear`` (``F.linear(x, linear.weight, linear.bias)``) does.
+
+        Its nonzero weights become the CSR entries: a trained gsparse model holds exact zeros at
+        inactive weights, and an active weight that is exactly zero adds nothing, so this is exact.
+        """
+        return cls(linear.weight, linear.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
+                f"density={self.density:.4f}, bias={self.bias is not None}, dtype={self.weight.dtype}")
+
+
+# ---- BSR linear layer --------------------------------------------------------------------------
+
+def _block_pair(blocksize: int | tuple[int, int]) -> tuple[int, int]:
+    """``b`` as ``(b, b)``; a pair as it is."""
+    return (int(blocksize),) * 2 if isinstance(blocksize, int) else (int(blocksize[0]), int(blocksize[1]))
+
+
+def bsr_kernel_available(dtype: torch.dtype, device: torch.device | str, blocksize: tuple[int, int]) -> bool:
+    """Whether torch has a BSR x dense matrix product for ``dtype`` on ``device`` with ``blocksize`` blocks
+    (on CPU, MKL's: square blocks, float32/float64)."""
+    return bsr_supported(dtype, device, blocksize, training=False)
+
+
+def bsr_from_dense(weight: torch.Tensor, blocksize: tuple[int, int]) -> torch.Tensor:
+    """``weight`` as a BSR tensor of ``blocksize`` blocks, keeping every block with any nonzero
+    (so it is exact for any weight), with int32 indices when they fit."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Sparse BSR tensor support is in beta.*")
+        bsr = weight.detach().to_sparse_bsr(blocksize)
+    crow, col = bsr.crow_indices(), bsr.col_indices()
+    if max(bsr.values().numel(), weight.shape[1]) < 2**31:
+        crow, col = crow.to(torch.int32), col.to(torch.int32)
+    return torch.sparse_bsr_tensor(crow, col, bsr.values(), bsr.shape, check_invariants=False)
+
+
+class BSRLinear(_SparseWeightLinear):
+    """``y = x Wᵀ + b`` with ``W`` held as a sparse BSR tensor of square ``blocksize`` blocks, for inference.
+
+    Exact for any weight (every block holding a nonzero is stored); faster than :class:`CSRLinear`
+    when the nonzeros are whole blocks (a ``structure: block`` mask). ``blocksize`` (``b`` or
+    ``(b, b)``) is required for a dense ``weight`` and taken from a BSR one. Buffers, input shapes,
+    ``load_state_dict`` (dense, CSR or BSR weights) and deepcopy as with :class:`CSRLinear`.
+    TorchScript cannot save BSR tensors: :meth:`to_csr` gives the CSR layer for a scripted file.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 blocksize: int | tuple[int, int] | None = None):
+        if weight.dim() != 2:
+            raise ValueError(f"BSRLinear needs a 2-D weight, got shape {tuple(weight.shape)}")
+        own = tuple(weight.values().shape[1:]) if weight.layout == torch.sparse_bsr else None
+        if blocksize is None and own is None:
+            raise ValueError("BSRLinear needs a blocksize for a weight that is not BSR")
+        blocksize = own if blocksize is None else _block_pair(blocksize)
+        if own is not None and own != blocksize:
+            raise ValueError(f"the BSR weight has {own[0]}x{own[1]} blocks, not {blocksize[0]}x{blocksize[1]}")
+        rows, cols = weight.shape
+        if rows % blocksize[0] or cols % blocksize[1]:
+            raise ValueError(f"{blocksize[0]}x{blocksize[1]} blocks do not tile a {rows}x{cols} weight")
+        if not bsr_kernel_available(weight.dtype, weight.device, blocksize):
+            raise ValueError(f"torch has no BSR matrix product for {weight.dtype} with {blocksize[0]}x{blocksize[1]} "
+                             f"blocks on {weight.device.type}; use CSRLinear")
+        super().__init__()
+        self.blocksize = blocksize
+        self._register(weight, bias)
+
+    def _sparse_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.layout == torch.sparse_bsr and tuple(weight.values().shape[1:]) == self.blocksize:
+            return weight.clone()
+        return bsr_from_dense(weight if weight.layout == torch.strided else weight.to_dense(), self.blocksize)
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Module, blocksize: int | tuple[int, int]) -> "BSRLinear":
+        """The layer computing what ``linear`` (``F.linear(x, linear.weight, linear.bias)``) does."""
+        return cls(linear.weight, linear.bias, blocksize)
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.weight.values().shape[0])
+
+    @property
+    def fill(self) -> float:
+        """The fraction of stored entries that are nonzero: 1.0 for a mask of whole blocks (and for no blocks)."""
+        return int(torch.count_nonzero(self.weight.values())) / self.nnz if self.nnz else 1.0
+
+    def to_csr(self) -> CSRLinear:
+        """The same layer with a CSR weight (its nonzero entries), e.g. for TorchScript."""
+        return CSRLinear(self.weight.to_dense(), self.bias).train(self.training)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"blocksize={self.blocksize[0]}x{self.blocksize[1]}, blocks={self.num_blocks}, nnz={self.nnz}, "
+                f"density={self.density:.4f}, fill={self.fill:.4f}, bias={self.bias is not None}, "
+                f"dtype={self.weight.dtype}")
+
+
 # ---- export ------------------------------------------------------------------------------------
 
 class ExportReport(dict):
-    """Per linear layer name: ``{"shape", "nnz", "density", "exported", "reason"}`` (JSON-ready)."""
+    """Per linear layer name: ``{"shape", "nnz", "density", "exported", "reason", "kernel", "block_fill"}``
+    (JSON-ready). ``kernel`` is ``"csr"``, ``"bsr RxC"`` or None (not exported); ``block_fill``, for
+    BSR layers only (else None), is the fraction of stored block entries that are nonzero."""
 
     @property
     def exported_layers(self) -> list[str]:
@@ -193,14 +300,32 @@ def _cannot_export(layer: torch.nn.Module, parent: torch.nn.Module | None) -> st
     return None
 
 
+def _bsr_blocksize_for(weight: torch.Tensor, block: tuple[int, int]) -> tuple[tuple[int, int] | None, str]:
+    """The BSR block size an exported ``weight`` of a ``block`` mask runs with, or None and why not."""
+    blocksize = bsr_blocksize(block, weight.dtype, weight.device, training=False)
+    if blocksize is None:
+        return None, (f"no BSR kernel for {block[0]}x{block[1]} blocks or a square that tiles them "
+                      f"({weight.dtype} on {weight.device.type})")
+    rows, cols = weight.shape
+    if rows % blocksize[0] or cols % blocksize[1]:
+        return None, f"{blocksize[0]}x{blocksize[1]} blocks do not tile {rows}x{cols}"
+    return blocksize, ""
+
+
 def export_sparse(model: torch.nn.Module, min_sparsity: float = 0.5, min_features: int = 256,
-                  layers: Iterable[str] | None = None) -> tuple[torch.nn.Module, ExportReport]:
-    """A copy of ``model`` in eval mode with its sparse linear layers as :class:`CSRLinear`.
+                  layers: Iterable[str] | None = None,
+                  block: int | tuple[int, int] | None = None) -> tuple[torch.nn.Module, ExportReport]:
+    """A copy of ``model`` in eval mode with its sparse linear layers as :class:`CSRLinear` or :class:`BSRLinear`.
 
     A ``torch.nn.Linear`` or PyG ``Linear`` is exported when at least ``min_sparsity`` of its
     weights are zero and both its in and out features are ``>= min_features`` (small layers run
-    slower sparse); ``layers`` (module names) replaces that rule. ``model`` is not changed.
+    slower sparse); ``layers`` (module names) replaces that rule. With ``block`` (``b`` or the
+    recipe's ``(rows, cols)`` block size), an exported layer becomes a :class:`BSRLinear` of the
+    square blocks :func:`~gsparse.kernels.bsr_linear.bsr_blocksize` picks where they tile its
+    weight and torch has the kernel, else a :class:`CSRLinear` (the report says why).
+    ``model`` is not changed.
     """
+    block = None if block is None else _block_pair(block)
     exported = copy.deepcopy(model).eval()
     for module in exported.modules():  # sparse execution's forward refers to the original layers
         if getattr(getattr(module.__dict__.get("forward"), "__func__", None), "gsparse_execution", False):
@@ -211,7 +336,7 @@ def export_sparse(model: torch.nn.Module, min_sparsity: float = 0.5, min_feature
         raise ValueError(f"not linear layers of the model: {sorted(wanted - candidates.keys())}; "
                          f"linear layers: {sorted(candidates)}")
     report = ExportReport()
-    replacements: dict[int, CSRLinear] = {}
+    replacements: dict[int, torch.nn.Module] = {}
     for name, (layer, parent) in candidates.items():
         blocker = _cannot_export(layer, parent)
         weight = layer.weight
@@ -232,9 +357,18 @@ def export_sparse(model: torch.nn.Module, min_sparsity: float = 0.5, min_feature
             ok, reason = False, f"in/out features {weight.shape[1]}/{weight.shape[0]} < min_features {min_features}"
         else:
             ok, reason = True, f"sparsity {sparsity:.4f} >= {min_sparsity}, in/out features >= {min_features}"
-        report[name] = {**entry, "exported": ok, "reason": reason}
+        entry.update(exported=ok, reason=reason, kernel=None, block_fill=None)
         if ok:
-            replacements[id(layer)] = CSRLinear.from_linear(layer).eval()
+            blocksize, not_bsr = (None, "") if block is None else _bsr_blocksize_for(weight, block)
+            if blocksize is None:
+                replacements[id(layer)] = CSRLinear.from_linear(layer).eval()
+                entry["kernel"] = "csr"
+                entry["reason"] += f"; csr: {not_bsr}" if not_bsr else ""
+            else:
+                replacement = BSRLinear.from_linear(layer, blocksize).eval()
+                replacements[id(layer)] = replacement
+                entry.update(kernel=f"bsr {blocksize[0]}x{blocksize[1]}", block_fill=replacement.fill)
+        report[name] = entry
     if id(exported) in replacements:  # the model is itself one linear layer
         return replacements[id(exported)], report
     for parent in list(exported.modules()):  # every parent, so a shared layer is replaced everywhere
@@ -414,14 +548,33 @@ def compact_report(model: torch.nn.Module | Mapping[str, torch.Tensor], path: st
 
 # ---- files (the ``gsparse export`` command) ----------------------------------------------------
 
+def with_csr_layers(model: torch.nn.Module) -> tuple[torch.nn.Module, list[str]]:
+    """``model`` (changed in place, or the new layer if it is one) with its :class:`BSRLinear` layers
+    as :class:`CSRLinear`, and their names: TorchScript cannot save BSR tensors."""
+    if isinstance(model, BSRLinear):
+        return model.to_csr(), [""]
+    converted = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BSRLinear):
+            converted.setdefault(id(module), (name, module.to_csr()))
+    for parent in list(model.modules()):
+        for key, child in parent._modules.items():
+            if child is not None and id(child) in converted:
+                parent._modules[key] = converted[id(child)][1]
+    return model, [name for name, _ in converted.values()]
+
+
 def export_file(model_file: str | Path, out: str | Path, min_sparsity: float = 0.5, min_features: int = 256,
-                compact: bool = False, torchscript: bool = False) -> dict:
+                compact: bool = False, torchscript: bool = False, block: int | tuple[int, int] | None = None) -> dict:
     """Export the module ``torch.save``d at ``model_file`` (loaded on CPU) to ``out``.
 
-    With ``compact``, also writes the original weights with :func:`save_compact` beside ``out``
-    (``.safetensors``, or ``.compact.pt`` without safetensors); with ``torchscript``, the exported
-    module scripted (``torch.jit.load`` needs no Python classes) as ``.torchscript.pt``.
-    Returns the report: layers, files and sizes. Loading unpickles ``model_file``: trust it.
+    ``block`` (a block mask's block size) exports layers that its blocks tile as :class:`BSRLinear`
+    (see :func:`export_sparse`). With ``compact``, also writes the original weights with
+    :func:`save_compact` beside ``out`` (``.safetensors``, or ``.compact.pt`` without safetensors);
+    with ``torchscript``, the exported module scripted (``torch.jit.load`` needs no Python
+    classes) as ``.torchscript.pt``, its BSR layers as CSR (``torchscript_csr_layers`` in the report:
+    TorchScript cannot save BSR tensors). Returns the report: layers, files and sizes. Loading
+    unpickles ``model_file``: trust it.
     """
     model_file, out = Path(model_file), Path(out)
     if not model_file.is_file():
@@ -433,11 +586,12 @@ def export_file(model_file: str | Path, out: str | Path, min_sparsity: float = 0
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"{model_file} holds a {type(model).__name__}, not a torch.nn.Module "
                          "(save the whole model with torch.save(model, path))")
-    exported, layers = export_sparse(model, min_sparsity=min_sparsity, min_features=min_features)
-    scripted = None
+    exported, layers = export_sparse(model, min_sparsity=min_sparsity, min_features=min_features, block=block)
+    scripted, csr_for_script = None, []
     if torchscript:
+        scriptable, csr_for_script = with_csr_layers(copy.deepcopy(exported))
         try:
-            scripted = torch.jit.script(exported)
+            scripted = torch.jit.script(scriptable)
         except Exception as error:  # TorchScript supports only some Python; say which part failed
             raise ValueError(f"cannot script the exported model with torch.jit.script: {error}") from error
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -453,4 +607,7 @@ def export_file(model_file: str | Path, out: str | Path, min_sparsity: float = 0
     if scripted is not None:
         files["torchscript"] = str(out.with_name(out.stem + ".torchscript.pt"))
         torch.jit.save(scripted, files["torchscript"])
-    return {"model_file": str(model_file), "files": files, "sizes": sizes, "layers": layers}
+    report = {"model_file": str(model_file), "files": files, "sizes": sizes, "layers": layers}
+    if scripted is not None:
+        report["torchscript_csr_layers"] = csr_for_script
+    return report

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from gsparse.cli import main
-from gsparse.export import (CSRLinear, compact_report, csr_kernel_available, export_sparse, load_compact,
-                            save_compact)
+from gsparse.export import (BSRLinear, CSRLinear, compact_report, csr_kernel_available, export_file, export_sparse,
+                            load_compact, save_compact, with_csr_layers)
 
 
 def keep_per_row(weight: torch.Tensor, active: int, seed: int) -> None:
@@ -60,7 +60,8 @@ def test_large_sparse_layers_become_csr_with_equal_outputs():
     assert [type(layer).__name__ for layer in exported] == ["CSRLinear", "ReLU", "CSRLinear", "ReLU", "Linear"]
     assert report.exported_layers == ["0", "2"]
     assert report["0"] == {"shape": [512, 300], "nnz": 512 * 30, "density": 0.1, "exported": True,
-                           "reason": "sparsity 0.9000 >= 0.5, in/out features >= 256"}
+                           "reason": "sparsity 0.9000 >= 0.5, in/out features >= 256", "kernel": "csr",
+                           "block_fill": None}
     assert report["2"]["nnz"] == exported[2].nnz == 512 * 51
     assert report["4"]["exported"] is False
     assert report["4"]["reason"] == "in/out features 512/10 < min_features 256"
@@ -156,7 +157,13 @@ def test_exported_model_loads_in_fresh_process_without_training_dependencies(tmp
     x = torch.randn(3, 5, 300)
     torch.save(exported, tmp_path / "model.pt")
     torch.jit.save(torch.jit.script(exported), tmp_path / "model.torchscript.pt")
-    torch.save({"x": x, "expected": model(x).detach()}, tmp_path / "io.pt")
+    blocks = block_mlp()  # BSR layers: the TorchScript file gets them as CSR (it cannot save BSR tensors)
+    torch.save(blocks, tmp_path / "blocks.pt")
+    report = export_file(tmp_path / "blocks.pt", tmp_path / "blocks_sparse.pt", torchscript=True, block=8)
+    assert report["torchscript_csr_layers"] == ["0"] and report["layers"]["0"]["kernel"] == "bsr 8x8"
+    x_blocks = torch.randn(4, 256)
+    torch.save({"x": x, "expected": model(x).detach(), "x_blocks": x_blocks,
+                "expected_blocks": blocks(x_blocks).detach()}, tmp_path / "io.pt")
     code = f"""
 import sys
 for name in ("deepspeed", "torch_geometric", "gsparse.training", "gsparse.tasks", "gsparse.deepspeed"):
@@ -166,15 +173,142 @@ io = torch.load({str(tmp_path / "io.pt")!r})
 sys.modules["gsparse"] = None  # TorchScript needs no Python class at all
 scripted = torch.jit.load({str(tmp_path / "model.torchscript.pt")!r})
 torch.testing.assert_close(scripted(io["x"]), io["expected"], atol=1e-5, rtol=0)
+scripted = torch.jit.load({str(tmp_path / "blocks_sparse.torchscript.pt")!r})
+torch.testing.assert_close(scripted(io["x_blocks"]), io["expected_blocks"], atol=1e-5, rtol=0)
 del sys.modules["gsparse"]
 model = torch.load({str(tmp_path / "model.pt")!r}, weights_only=False)
 assert type(model[0]).__name__ == "CSRLinear" and model[0].weight.layout == torch.sparse_csr
 torch.testing.assert_close(model(io["x"]), io["expected"], atol=1e-5, rtol=0)
+model = torch.load({str(tmp_path / "blocks_sparse.pt")!r}, weights_only=False)
+assert type(model[0]).__name__ == "BSRLinear" and model[0].weight.layout == torch.sparse_bsr
+torch.testing.assert_close(model(io["x_blocks"]), io["expected_blocks"], atol=1e-5, rtol=0)
 print("outputs equal")
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "outputs equal"
+
+
+# ---- BSR layers (block masks) -------------------------------------------------------------------
+
+def keep_blocks(weight: torch.Tensor, block: tuple[int, int], keep: float, seed: int) -> None:
+    """Zero all but a random ``keep`` fraction of the ``block`` blocks (a ``structure: block`` mask)."""
+    rows, cols = weight.shape[0] // block[0], weight.shape[1] // block[1]
+    kept = torch.rand(rows, cols, generator=torch.Generator().manual_seed(seed)) < keep
+    with torch.no_grad():
+        weight.mul_(kept.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1))
+
+
+def block_mlp(dtype: torch.dtype = torch.float32) -> torch.nn.Sequential:
+    """256 -> 512 (8x8 blocks) -> 300 (4x8 blocks: 8x8 squares do not tile 300 rows) -> 10, ~90% zeros."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 300), torch.nn.ReLU(),
+                                torch.nn.Linear(300, 10)).to(dtype)
+    keep_blocks(model[0].weight, (8, 8), 0.1, seed=0)
+    keep_blocks(model[2].weight, (4, 8), 0.1, seed=2)
+    return model
+
+
+@pytest.mark.parametrize("blocksize", [4, 8])
+def test_bsr_linear_equals_f_linear_on_block_masks(blocksize):
+    torch.manual_seed(0)
+    weight, bias = torch.randn(64, 48, dtype=torch.float64), torch.randn(64, dtype=torch.float64)
+    keep_blocks(weight, (blocksize, blocksize), 0.3, seed=1)
+    blocks = int(torch.count_nonzero(weight)) // blocksize**2
+    layer = BSRLinear(weight, bias, blocksize)
+    assert layer.weight.layout == torch.sparse_bsr and layer.blocksize == (blocksize, blocksize)
+    assert layer.num_blocks == blocks and layer.nnz == blocks * blocksize**2 and layer.fill == 1.0
+    assert layer.weight.col_indices().dtype == torch.int32
+    assert f"blocksize={blocksize}x{blocksize}, blocks={blocks}" in repr(layer)
+    for x in (torch.randn(5, 48, dtype=torch.float64), torch.randn(2, 3, 48, dtype=torch.float64)):
+        got = layer(x)
+        assert got.shape == x.shape[:-1] + (64,) and got.is_contiguous()
+        torch.testing.assert_close(got, torch.nn.functional.linear(x, weight, bias), atol=1e-12, rtol=0)
+    no_bias = BSRLinear(weight, blocksize=(blocksize, blocksize))
+    torch.testing.assert_close(no_bias(x), torch.nn.functional.linear(x, weight), atol=1e-12, rtol=0)
+
+
+def test_bsr_linear_is_exact_on_a_mask_that_is_not_blocks():
+    weight = torch.zeros(8, 12, dtype=torch.float64)
+    weight[5, 9], weight[0, 0], weight[1, 1] = 2.5, -1.0, 3.0  # blocks (1, 2) and (0, 0): 2 of 6
+    layer = BSRLinear(weight, blocksize=4)
+    assert layer.num_blocks == 2 and layer.nnz == 32 and layer.fill == 3 / 32
+    x = torch.randn(3, 12, dtype=torch.float64)
+    expected = torch.zeros(3, 8, dtype=torch.float64)
+    expected[:, 5], expected[:, 0], expected[:, 1] = 2.5 * x[:, 9], -x[:, 0], 3.0 * x[:, 1]
+    torch.testing.assert_close(layer(x), expected, atol=0, rtol=0)
+    dense = torch.randn(8, 12, dtype=torch.float64)  # no zero at all: every block stored, still exact
+    torch.testing.assert_close(BSRLinear(dense, blocksize=4)(x), x @ dense.t(), atol=1e-12, rtol=0)
+
+
+def test_bsr_linear_state_dict_deepcopy_to_and_refusals():
+    torch.manual_seed(0)
+    weight = torch.randn(16, 8)
+    keep_blocks(weight, (4, 4), 0.5, seed=3)
+    layer = BSRLinear.from_linear(torch.nn.Linear(8, 16), blocksize=4)
+    layer.load_state_dict({"weight": weight, "bias": torch.ones(16)})  # dense: converted to 4x4 BSR
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(layer(x), x @ weight.t() + 1, atol=1e-6, rtol=0)
+    other = BSRLinear(torch.zeros(16, 8), torch.zeros(16), blocksize=4)
+    other.load_state_dict(layer.state_dict())  # BSR with another number of blocks: replaced
+    assert other.num_blocks == layer.num_blocks and torch.equal(other(x), layer(x))
+    other.load_state_dict({"weight": weight.to_sparse_bsr((2, 2)), "bias": torch.ones(16)})  # re-blocked
+    assert other.blocksize == (4, 4) and tuple(other.weight.values().shape[1:]) == (4, 4)
+    assert torch.equal(other(x), layer(x))
+    with pytest.raises(RuntimeError, match="size mismatch for weight"):
+        layer.load_state_dict({"weight": torch.zeros(8, 8), "bias": torch.ones(16)})
+
+    clone = copy.deepcopy(layer)
+    clone.weight.values().mul_(2)
+    clone.bias.zero_()
+    torch.testing.assert_close(layer(x), x @ weight.t() + 1, atol=1e-6, rtol=0)
+    torch.testing.assert_close(clone(x), 2 * x @ weight.t(), atol=1e-5, rtol=0)
+
+    double = copy.deepcopy(layer).to(torch.float64)
+    assert double.weight.layout == torch.sparse_bsr and double.weight.dtype == double.bias.dtype == torch.float64
+    torch.testing.assert_close(double(x.double()), x.double() @ weight.double().t() + 1, atol=1e-12, rtol=0)
+
+    csr = layer.eval().to_csr()
+    assert isinstance(csr, CSRLinear) and csr.nnz == int(torch.count_nonzero(weight)) and not csr.training
+    torch.testing.assert_close(csr(x), layer(x), atol=1e-6, rtol=0)
+
+    with pytest.raises(ValueError, match="4x4 blocks do not tile a 16x6 weight"):
+        BSRLinear(torch.zeros(16, 6), blocksize=4)
+    with pytest.raises(ValueError, match="needs a blocksize"):
+        BSRLinear(torch.zeros(16, 8))
+    with pytest.raises(ValueError, match="has 2x2 blocks, not 4x4"):
+        BSRLinear(weight.to_sparse_bsr((2, 2)), blocksize=4)
+    with pytest.raises(ValueError, match="no BSR matrix product for torch.float16"):
+        BSRLinear(torch.zeros(16, 8, dtype=torch.float16), blocksize=4)
+
+
+def test_export_with_block_picks_bsr_where_squares_tile():
+    model = block_mlp()
+    exported, report = export_sparse(model, block=8)
+    assert [type(layer).__name__ for layer in exported] == ["BSRLinear", "ReLU", "CSRLinear", "ReLU", "Linear"]
+    assert report["0"]["kernel"] == "bsr 8x8" and report["0"]["block_fill"] == 1.0
+    assert exported[0].nnz == report["0"]["nnz"]  # a true block mask stores no zero
+    assert report["2"]["kernel"] == "csr" and report["2"]["block_fill"] is None
+    assert report["2"]["reason"].endswith("; csr: 8x8 blocks do not tile 300x512")
+    assert report["4"]["kernel"] is None and report["4"]["block_fill"] is None
+    x = torch.randn(3, 5, 256)
+    torch.testing.assert_close(exported(x), model(x), atol=1e-5, rtol=0)
+
+    # 4x8 blocks: MKL has square blocks only, so the 4x4 squares that tile them
+    exported, report = export_sparse(model, block=(4, 8))
+    assert [report[name]["kernel"] for name in "024"] == ["bsr 4x4", "bsr 4x4", None]
+    assert report["2"]["block_fill"] == 1.0 and exported[2].nnz == report["2"]["nnz"]
+    exported, report = export_sparse(model, block=(4, 5))  # gcd 1: no square block
+    assert report["0"]["kernel"] == "csr" and "no BSR kernel for 4x5 blocks" in report["0"]["reason"]
+
+    double = block_mlp(torch.float64)
+    exported, report = export_sparse(double, block=4)
+    assert report.exported_layers == ["0", "2"] and report["2"]["kernel"] == "bsr 4x4"
+    x = torch.randn(7, 256, dtype=torch.float64)
+    torch.testing.assert_close(exported(x), double(x), atol=1e-12, rtol=0)
+    scriptable, converted = with_csr_layers(exported)
+    assert converted == ["0", "2"] and isinstance(scriptable[2], CSRLinear)
+    torch.testing.assert_close(scriptable(x), double(x), atol=1e-12, rtol=0)
 
 
 @pytest.fixture(params=["safetensors", "torch"])
@@ -261,6 +395,32 @@ def test_export_command_writes_module_and_report(tmp_path, capsys):
     assert report["sizes"]["compact_bytes"] < report["sizes"]["dense_state_dict_bytes"]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_export_command_with_block(tmp_path, capsys):
+    model = block_mlp()
+    torch.save(model, tmp_path / "model.pt")
+    out = tmp_path / "sparse.pt"
+    assert main(["export", str(tmp_path / "model.pt"), str(out), "--block", "[8, 8]", "--torchscript"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    kernels = {name: entry["kernel"] for name, entry in report["layers"].items()}
+    assert kernels == {"0": "bsr 8x8", "2": "csr", "4": None}
+    assert report["torchscript_csr_layers"] == ["0"]
+    assert "TorchScript cannot save BSR tensors" in captured.err and "runs 0 as CSR" in captured.err
+    x = torch.randn(6, 256)
+    for loaded in (torch.load(out, weights_only=False), torch.jit.load(report["files"]["torchscript"])):
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=0)
+    assert main(["export", str(tmp_path / "model.pt"), str(out), "--block", "4x8"]) == 0
+    kernels = [entry["kernel"] for entry in json.loads(capsys.readouterr().out)["layers"].values()]
+    assert kernels == ["bsr 4x4", "bsr 4x4", None]
+    for bad in ("0", "4x", "4x4x4", "four"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", str(tmp_path / "model.pt"), str(out), "--block", bad])
+        assert exit_info.value.code == 2
+        assert f"argument --block: expected b, RxC or [R, C] with positive integers (e.g. 4 or 4x4), got '{bad}'" \
+            in capsys.readouterr().err
+
+
 def test_export_command_reports_bad_input(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "out.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
@@ -289,22 +449,35 @@ WIDE_RECIPE = {"method": "rigl", "sparsity": 0.9, "distribution": "uniform", "pa
                "schedule": {"update_interval": 2, "drop_fraction": 0.3, "last_update_step": 12}}
 
 
-def test_runner_exports_the_final_model(tmp_path):
+@pytest.mark.parametrize("structure", ["unstructured", "block"])
+def test_runner_exports_the_final_model(tmp_path, structure):
     from gsparse.export import load_compact
     from gsparse.training import RunConfig, train
 
     task = _wide_task()
-    metrics = train(task, RunConfig(epochs=2, recipe=WIDE_RECIPE, run_dir=str(tmp_path / "run"), progress=False,
-                                    export=True, log=lambda line: None))
+    recipe = WIDE_RECIPE if structure == "unstructured" else {**WIDE_RECIPE, "structure": "block", "block_size": 4}
+    lines = []
+    metrics = train(task, RunConfig(epochs=2, recipe=recipe, run_dir=str(tmp_path / "run"), progress=False,
+                                    export=True, log=lines.append))
     folder = tmp_path / "run" / "export"
     record = json.loads((folder / "export.json").read_text())
     assert metrics["export"]["layers"] == record["layers"]
     assert [name for name, entry in record["layers"].items() if entry["exported"]] == ["3"]
-    assert record["layers"]["3"]["nnz"] == 9000 and record["sizes"]["ratio"] < 0.5
+    assert record["sizes"]["ratio"] < 0.5
+    kernel, layer_class = ("bsr 4x4", "BSRLinear") if structure == "block" else ("csr", "CSRLinear")
+    assert record["layers"]["3"]["kernel"] == kernel
+    assert any(f"1 sparse linear layer(s) (3 ({kernel}))" in line for line in lines)
     final = task.build_model()
     final.load_state_dict(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"])
     exported = torch.load(folder / "model.pt", weights_only=False)
-    assert type(exported[3]).__name__ == "CSRLinear"
+    assert type(exported[3]).__name__ == layer_class
+    nnz = record["layers"]["3"]["nnz"]
+    if structure == "block":  # 563 whole blocks (10% of 90000 rounded to blocks); a weight grown at the
+        # last update that got no gradient since is still 0, so a few stored entries are zero
+        assert exported[3].num_blocks == 563 and exported[3].nnz == 563 * 16 and nnz <= 563 * 16
+        assert record["layers"]["3"]["block_fill"] == nnz / (563 * 16)
+    else:
+        assert nnz == 9000 and record["layers"]["3"]["block_fill"] is None
     inputs = torch.randn(9, 12)
     with torch.no_grad():
         assert torch.allclose(exported(inputs), final.eval()(inputs), rtol=0, atol=1e-5)

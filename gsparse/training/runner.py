@@ -838,8 +838,9 @@ def _train(task, config: RunConfig, extra_metrics: dict | None, threads: int,
 
 def _export_model(trainer, task, run_dir: Path, distributed, log) -> dict | None:
     """Rank 0 writes the final model to ``run_dir/export/``: ``model.pt`` (the task's model class with
-    its sparse linear layers as :class:`gsparse.export.CSRLinear`), the weights as a compact file
-    (indices + values; safetensors when installed) and ``export.json``; returns what it wrote."""
+    its sparse linear layers as :class:`gsparse.export.CSRLinear`, or ``BSRLinear`` where a
+    ``structure: block`` recipe's blocks tile them), the weights as a compact file (indices +
+    values; safetensors when installed) and ``export.json``; returns what it wrote."""
     from gsparse.export import compact_report, export_sparse, save_compact
 
     module = trainer.module
@@ -855,7 +856,8 @@ def _export_model(trainer, task, run_dir: Path, distributed, log) -> dict | None
         return None
     model = task.build_model()  # a fresh instance: no DeepSpeed or gsparse hooks travel into the file
     model.load_state_dict({key: value for key, value in state.items() if key in model.state_dict()})
-    exported, layers = export_sparse(model)
+    recipe = None if trainer.sparsifier is None else trainer.sparsifier.recipe
+    exported, layers = export_sparse(model, block=recipe.block_size if recipe and recipe.structure == "block" else None)
     folder = run_dir / "export"
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(exported, folder / "model.pt")
@@ -867,8 +869,8 @@ def _export_model(trainer, task, run_dir: Path, distributed, log) -> dict | None
     record = {"folder": str(folder), "model": "model.pt", "compact": compact.name, "layers": layers,
               "sizes": {**sizes, "model_bytes": (folder / "model.pt").stat().st_size}}
     checkpoint.write_json_atomic(folder / "export.json", record)
-    exported_layers = [name for name, entry in layers.items() if entry["exported"]]
-    log(f"exported the final model to {folder}: {len(exported_layers)} linear layer(s) as CSR "
+    exported_layers = [f"{name} ({entry['kernel']})" for name, entry in layers.items() if entry["exported"]]
+    log(f"exported the final model to {folder}: {len(exported_layers)} sparse linear layer(s) "
         f"({', '.join(exported_layers) or 'none large and sparse enough'}); compact weights {compact.name}")
     return record
 
