@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gsparse.kernels.csr_linear import (CSRStructure, SparseKernelUnavailable, _row_pointers, _silence_beta_warning,
-                                        _SparseLinear, csr_supported)
+from gsparse.kernels.csr_linear import (CSRStructure, SparseKernelUnavailable, _IndexedPattern, _row_pointers,
+                                        _silence_beta_warning, _SparseLinear, csr_supported)
 
 _SUPPORT: dict[tuple[torch.dtype, str, tuple[int, int], bool], bool] = {}
 
@@ -77,7 +77,7 @@ def check_bsr_supported(dtype: torch.dtype, device: torch.device | str, blocksiz
 
 
 @dataclass(frozen=True, eq=False)
-class BSRStructure:
+class BSRStructure(_IndexedPattern):
     """The block pattern of a ``[out, in]`` weight whose mask is whole ``blocksize`` blocks, as BSR of
     the weight (``(rows, cols)`` blocks) and of its transpose (``(cols, rows)`` blocks).
 
@@ -132,22 +132,8 @@ class BSRStructure:
         )
 
     @property
-    def nnz(self) -> int:
-        """Active weights (blocks times the block's size)."""
-        return self.flat_indices.numel()
-
-    @property
     def num_blocks(self) -> int:
         return self.col_indices.numel()
-
-    @property
-    def density(self) -> float:
-        numel = self.shape[0] * self.shape[1]
-        return self.nnz / numel if numel else 0.0
-
-    @property
-    def device(self) -> torch.device:
-        return self.flat_indices.device
 
     def gather(self, weight: torch.Tensor) -> torch.Tensor:
         """The active blocks of ``weight``, ``[blocks, rows, cols]`` in BSR order."""

@@ -71,8 +71,30 @@ def check_csr_supported(dtype: torch.dtype, device: torch.device | str = "cpu") 
                                       f"{torch.device(device).type}; execute this layer dense")
 
 
+class _IndexedPattern:
+    """What a sparsity pattern over a ``shape`` matrix, stored as ``flat_indices`` into the weight, says
+    of itself (shared by the CSR and BSR structures)."""
+
+    shape: tuple[int, int]
+    flat_indices: torch.Tensor
+
+    @property
+    def nnz(self) -> int:
+        """Active weights."""
+        return self.flat_indices.numel()
+
+    @property
+    def density(self) -> float:
+        numel = self.shape[0] * self.shape[1]
+        return self.nnz / numel if numel else 0.0
+
+    @property
+    def device(self) -> torch.device:
+        return self.flat_indices.device
+
+
 @dataclass(frozen=True, eq=False)
-class CSRStructure:
+class CSRStructure(_IndexedPattern):
     """The sparsity pattern of a ``[out, in]`` weight, as CSR of the weight and of its transpose.
 
     ``flat_indices[k]`` (int64) is the row-major index into ``weight`` of the k-th stored entry
@@ -118,19 +140,6 @@ class CSRStructure:
     def t_flat_indices(self) -> torch.Tensor:
         """Row-major indices into the weight of the entries of the transpose's CSR, in its order."""
         return self.flat_indices[self.t_order.long()]
-
-    @property
-    def nnz(self) -> int:
-        return self.flat_indices.numel()
-
-    @property
-    def density(self) -> float:
-        numel = self.shape[0] * self.shape[1]
-        return self.nnz / numel if numel else 0.0
-
-    @property
-    def device(self) -> torch.device:
-        return self.flat_indices.device
 
     def gather(self, weight: torch.Tensor) -> torch.Tensor:
         """The values of the active entries of ``weight`` in CSR order."""
