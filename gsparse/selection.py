@@ -327,8 +327,7 @@ def select_top_k_per_row(
     for layer, (score, allowed, count, piece, row_length) in enumerate(
             zip(scores, eligible, k, slices, row_lengths)):
         shared = set(shared_rows[layer])
-        first_row, end = piece.start // row_length, piece.start + piece.length
-        last_row = -(-end // row_length)  # exclusive
+        end = piece.start + piece.length
         for row in sorted(shared):  # every rank lists every shared row, empty where it holds none of it
             begin, stop = max(row * row_length, piece.start), min((row + 1) * row_length, end)
             begin, stop = (begin, stop) if begin < stop else (piece.start, piece.start)
@@ -337,19 +336,25 @@ def select_top_k_per_row(
             pieces_eligible.append(None if allowed is None else allowed[local])
             pieces_k.append(count)
             placements.append((layer, local))
-        whole = [row for row in range(first_row, last_row)
-                 if row not in shared and row * row_length >= piece.start and (row + 1) * row_length <= end]
-        if not whole or count == 0:
+        # the rows this piece holds whole: consecutive, and no other rank's boundary cuts them (shared
+        # rows can only be at the piece's ends; trimmed in case a caller lists more)
+        first, last = -(-piece.start // row_length), end // row_length  # [first, last)
+        while first < last and first in shared:
+            first += 1
+        while last > first and last - 1 in shared:
+            last -= 1
+        rows = last - first
+        if rows <= 0 or count == 0:
             continue
-        offset = whole[0] * row_length - piece.start
-        block = slice(offset, offset + len(whole) * row_length)  # whole rows are consecutive
-        keys = order_keys(score[block]).to(torch.int64).view(len(whole), row_length)
+        offset = first * row_length - piece.start
+        block = slice(offset, offset + rows * row_length)
+        keys = order_keys(score[block]).to(torch.int64).view(rows, row_length)
         if allowed is not None:
-            keys = keys.masked_fill(~allowed[block].view(len(whole), row_length), torch.iinfo(torch.int64).min)
+            keys = keys.masked_fill(~allowed[block].view(rows, row_length), torch.iinfo(torch.int64).min)
         order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :count]
-        if allowed is not None and not bool(allowed[block].view(len(whole), row_length).gather(1, order).all()):
+        if allowed is not None and not bool(allowed[block].view(rows, row_length).gather(1, order).all()):
             raise ValueError(f"layer {layer}: a row has fewer than {count} eligible positions")
-        chosen = torch.zeros(len(whole), row_length, dtype=torch.bool, device=score.device)
+        chosen = torch.zeros(rows, row_length, dtype=torch.bool, device=score.device)
         chosen.scatter_(1, order, True)
         selected[layer][block] = chosen.view(-1)
     if pieces:
