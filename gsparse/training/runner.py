@@ -910,9 +910,22 @@ def shutdown_distributed() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+        _remove_deepspeed_shm_buffer(dist.get_rank())
         gc.collect()
         dist.destroy_process_group()
         gc.collect()
+
+
+def _remove_deepspeed_shm_buffer(rank: int) -> None:
+    """DeepSpeed's shared-memory all-reduce on CPU (its ``shm_comm`` op) creates
+    ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` (66 MB per rank) and never
+    unlinks it, so every launch on another port leaves them behind until /dev/shm (RAM) is full.
+    Past the final barrier every rank has long mapped the others' buffers, and a mapping outlives
+    its name, so each rank unlinks its own."""
+    address, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if address and port and hasattr(os, "getuid"):
+        with contextlib.suppress(OSError):
+            (Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{address}_{port}_{rank}").unlink()
 
 
 def _train_epoch(task, trainer: _Trainer, context: RunContext, distributed: _Distributed, config: RunConfig,
