@@ -1,6 +1,7 @@
 """Link-prediction training on the bundled CollegeMsg graph: dense, DST-EE, walks, resume, DeepSpeed."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -97,7 +98,11 @@ def test_bad_options_fail_before_training(tmp_path):
 
 def test_under_deepspeed_two_processes_zero2(tmp_path):
     """The README's main job, shortened: DST-EE at 90% under the deepspeed launcher, ZeRO-2."""
-    command = ["deepspeed", "--num_accelerators", "2", str(ROOT / "scripts" / "train_linkpred.py"),
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = ["deepspeed", "--num_accelerators", "2", "--master_port", str(port),
+               str(ROOT / "scripts" / "train_linkpred.py"),
                "--deepspeed_config", str(ROOT / "ds_configs" / "zero2.json"), "--recipe", RECIPE, "--epochs", "3",
                "--run_dir", str(tmp_path), "--no-progress"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600,
@@ -108,6 +113,10 @@ def test_under_deepspeed_two_processes_zero2(tmp_path):
     assert metrics["test_accuracy"] > ABOVE_CHANCE
     assert metrics["density"] == pytest.approx(0.1, abs=1e-3)
     assert "test accuracy" in result.stdout
+    # DeepSpeed's launcher turns on its shared-memory all-reduce (66 MB per rank in /dev/shm), which
+    # DeepSpeed never removes; shutdown_distributed does
+    assert "deepspeed_shm_comm_op built successfully" in result.stdout + result.stderr
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 
 def test_under_torchrun_zero3_matches_zero2_run(tmp_path):
