@@ -378,3 +378,13 @@ def test_best_model_at_end_brings_its_masks_and_hp_search_folders_get_the_state(
     for name, mask in callback.sparsifier.masks.items():
         assert torch.equal(mask.reshape(-1), saved[name]["mask"]), name
         assert not bool(parameters[name][~mask].any()), name
+
+
+def test_a_second_run_of_another_length_refits_the_recipe(tmp_path):
+    recipe = dict(hf_worker.RECIPE, schedule={"update_interval": "25%"})
+    trainer, callback = _plain_trainer(tmp_path, recipe, max_steps=8)
+    trainer.train()
+    assert callback.sparsifier.recipe.schedule.update_interval == 2 and callback.sparsifier.step == 8
+    trainer.args.max_steps = 12  # as auto_find_batch_size's retry changes the run's length
+    trainer.train()
+    assert callback.sparsifier.recipe.schedule.update_interval == 3 and callback.sparsifier.step == 12

@@ -87,7 +87,11 @@ def _launch(tmp_path: Path, launcher: str, run_dir: Path, hang: bool = False, en
 @pytest.mark.parametrize("launcher", ["deepspeed", "torchrun", "two_nodes"])
 def test_failure_on_one_rank_stops_every_rank(tmp_path, launcher):
     run_dir = tmp_path / f"rank-failure-{launcher}"
+    buffers_before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     codes, text, stopped, survivors = _launch(tmp_path, launcher, run_dir)
+    # the deepspeed launcher turns on DeepSpeed's shared-memory all-reduce, whose buffers DeepSpeed
+    # never removes: the runner drops their names once every rank has mapped them, crash or not
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= buffers_before
     assert all(code != 0 for code in codes), (codes, text[-4000:])
     assert "RuntimeError: injected failure on rank 1 at step 3" in text
     assert survivors == []

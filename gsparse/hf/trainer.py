@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,6 +52,7 @@ class SparseTrainingCallback(TrainerCallback):
         self.sparsifier: SparseState | None = None
         self.resume_from: str | None = None  # set by the wrapped trainer.train
         self._attached_to = None
+        self._run: tuple | None = None  # (max_steps, steps per epoch) the recipe was fitted to
 
     # ---- attaching -----------------------------------------------------------------------------
 
@@ -58,16 +60,18 @@ class SparseTrainingCallback(TrainerCallback):
         trainer = self.trainer
         prepared = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
         resume = self.resume_from
-        if self.sparsifier is not None:
-            if self._attached_to is prepared and resume is None and self.sparsifier.step > 0:
-                return  # train() again on the same model: the sparse state carries on
-            # a resume restores the checkpoint's state; before any step (auto_find_batch_size's retry)
-            # the recipe is fitted to this attempt's length
-            self.sparsifier.remove()
         steps_per_epoch = None
         if train_dataloader is not None and hasattr(train_dataloader, "__len__"):
             # the Trainer's own count: a last partial accumulation still makes an optimizer step
             steps_per_epoch = max(math.ceil(len(train_dataloader) / max(args.gradient_accumulation_steps, 1)), 1)
+        run = (state.max_steps, steps_per_epoch)
+        if self.sparsifier is not None:
+            if self._attached_to is prepared and resume is None and self.sparsifier.step > 0 and self._run == run:
+                return  # train() again on the same model and run length: the sparse state carries on
+            # a resume restores the checkpoint's state; a run of another length (auto_find_batch_size's
+            # retry) gets the recipe fitted to it
+            self.sparsifier.remove()
+        self._run = run
         if resume is None and state.global_step > 0:
             raise RuntimeError("gsparse: the Trainer resumed (global step {}) from a checkpoint gsparse was not told "
                                "of: call trainer.train(...) after gsparse.hf.sparsify_trainer(trainer, recipe), which "
@@ -127,9 +131,10 @@ class SparseTrainingCallback(TrainerCallback):
                 or best is None):
             return
         path = Path(best) / PLAIN_STATE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"gsparse: {path} is missing: the best checkpoint has no sparse state, so its "
-                                    "weights were loaded without their masks")
+        if not path.is_file():  # as the Trainer does for its own missing files: warn, keep training's result
+            warnings.warn(f"gsparse: {path} is missing: the best checkpoint's weights were loaded without their "
+                          "masks; the sparsifier keeps the masks of the last step", stacklevel=2)
+            return
         self.sparsifier.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
 
     def on_log(self, args, state, control, logs=None, **kwargs):

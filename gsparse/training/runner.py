@@ -176,6 +176,10 @@ class _Distributed:
             timeout = datetime.timedelta(seconds=resolve_timeout(timeout_s))
             deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
             self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+            # every rank has mapped the others' shared-memory buffers once all are past init: drop the
+            # names now, so that a run that crashes leaves none behind either
+            dist.barrier()
+            _remove_deepspeed_shm_buffer(self.rank)
 
     def barrier(self):
         if self.enabled:
