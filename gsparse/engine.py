@@ -111,8 +111,7 @@ class SparseEngine:
         # (fan_in) or M consecutive weights of a row (n_m); None: no such groups
         self._group_lengths: list[int] | None = None
         if structure == "fan_in":
-            self._group_lengths = [max(spec.numel // max(spec.shape[0], 1), 1) if len(spec.shape) else spec.numel
-                                   for spec in specs]
+            self._group_lengths = [matrix_shape(spec.shape)[1] for spec in specs]
         elif self.n_m is not None:
             n, m = self.n_m
             for spec in specs:

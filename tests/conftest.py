@@ -28,6 +28,29 @@ def small_mlp(seed: int = 0) -> torch.nn.Module:
     )
 
 
+def linear_conv_model(seed: int = 0) -> torch.nn.Module:
+    """Linear 24->96, Conv1d 96->40 (k=3) and Linear 40->5: rows of 24, 288 and 40 weights (the
+    structured-mask tests: blocks, N:M groups). Run it with :func:`train_structured`."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(24, 96), torch.nn.ReLU(), torch.nn.Conv1d(96, 40, 3), torch.nn.Flatten(),
+                               torch.nn.Linear(40, 5))
+
+
+def train_structured(model, optimizer, sparsifier, steps: int):
+    """Train :func:`linear_conv_model` for ``steps`` optimizer steps on seeded random data; yields
+    ``(step, grown)`` after each step, ``grown`` being the per-layer counts of the update made at
+    that step (None without one)."""
+    generator = torch.Generator().manual_seed(0)
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        hidden = model[1](model[0](torch.randn(8, 24, generator=generator))).unsqueeze(-1).expand(-1, -1, 3)
+        outputs = model[4](model[3](model[2](hidden)))
+        torch.nn.functional.cross_entropy(outputs, torch.randint(0, 5, (8,), generator=generator)).backward()
+        optimizer.step()
+        update = sparsifier.last_update
+        yield step, update["grown"] if update and update["step"] == step else None
+
+
 def make_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)

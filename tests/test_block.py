@@ -6,6 +6,7 @@ import gsparse
 from gsparse import RecipeError, hashrng, load_recipe
 from gsparse.methods import MaskChange
 from gsparse.methods.rigl import RigL
+from tests.conftest import linear_conv_model, train_structured
 
 
 def _blocks(mask, block):
@@ -16,19 +17,11 @@ def _blocks(mask, block):
     return grid.sum(dim=(1, 3))
 
 
-def _model(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(24, 96), torch.nn.ReLU(), torch.nn.Conv1d(96, 40, 3), torch.nn.Flatten(),
-                               torch.nn.Linear(40, 5))
-
-
-def _forward(model, inputs):
-    return model[4](model[3](model[2](model[1](model[0](inputs)).unsqueeze(-1).expand(-1, -1, 3))))
 
 
 @pytest.mark.parametrize("method", ["rigl", "dst_ee"])
 def test_every_mask_is_whole_blocks_through_every_update(method):
-    model = _model()
+    model = linear_conv_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     sparsifier = gsparse.Sparsifier(model, optimizer, {
         "method": method, "sparsity": 0.9, "distribution": "erk", "structure": "block", "block_size": [4, 8],
@@ -37,15 +30,10 @@ def test_every_mask_is_whole_blocks_through_every_update(method):
                      "last_update_step": 24}})
     # ERK at 90%: 0.weight (96 x 24) would get 640.8 weights -> 20 blocks of 32; 2.weight (40 x 96x3) 742.2 -> 23
     assert {spec.name: spec.active_count for spec in sparsifier.specs} == {"0.weight": 640, "2.weight": 736}
-    generator = torch.Generator().manual_seed(0)
     changes = []
-    for step in range(1, 28):
-        optimizer.zero_grad()
-        outputs = _forward(model, torch.randn(8, 24, generator=generator))
-        torch.nn.functional.cross_entropy(outputs, torch.randint(0, 5, (8,), generator=generator)).backward()
-        optimizer.step()
-        if sparsifier.last_update and sparsifier.last_update["step"] == step:
-            changes.append(sparsifier.last_update["grown"])
+    for step, grown_now in train_structured(model, optimizer, sparsifier, 27):
+        if grown_now is not None:
+            changes.append(grown_now)
         for spec in sparsifier.specs:
             mask = sparsifier.masks[spec.name]
             per_block = _blocks(mask, (4, 8))

@@ -4,12 +4,12 @@ import importlib
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import gsparse
 from gsparse.kernels import (BSRStructure, CSRStructure, ExecutionChoice, SparseKernelUnavailable, bsr_blocksize,
                              bsr_linear, bsr_supported, choice, choose_execution, clear_choice_cache, csr_linear)
 from gsparse.kernels import execution as execution_module
+from tests.test_csr_linear import compare_with_masked_dense
 
 bsr_module = importlib.import_module("gsparse.kernels.bsr_linear")  # the package's bsr_linear is the function
 
@@ -32,32 +32,11 @@ def _kernel_block(block):
 
 
 def _compare(mask, block, leading, dense_weight_grad=False, with_bias=True, dtype=torch.float64, atol=1e-12):
-    generator = torch.Generator().manual_seed(1)
-    rows, columns = mask.shape
-    weight = (torch.randn(rows, columns, generator=generator, dtype=dtype) * mask).requires_grad_()
-    bias = torch.randn(rows, generator=generator, dtype=dtype).requires_grad_() if with_bias else None
-    inputs = torch.randn(*leading, columns, generator=generator, dtype=dtype).requires_grad_()
-    grad_output = torch.randn(*leading, rows, generator=generator, dtype=dtype)
-
-    blocks = BSRStructure.from_mask(mask, _kernel_block(block))
-    output = bsr_linear(inputs, weight, bias, blocks, CSRStructure.from_mask(mask), dense_weight_grad)
-    output.backward(grad_output)
-    grads = [inputs.grad, weight.grad, bias.grad if with_bias else None]
-    inputs.grad = weight.grad = None
-    if with_bias:
-        bias.grad = None
-
-    expected = F.linear(inputs, weight * mask, bias)
-    expected.backward(grad_output)
-    assert output.shape == expected.shape
-    torch.testing.assert_close(output, expected, atol=atol, rtol=0)
-    torch.testing.assert_close(grads[0], inputs.grad, atol=atol, rtol=0)
-    full_weight_grad = grad_output.reshape(-1, rows).t() @ inputs.detach().reshape(-1, columns)
-    torch.testing.assert_close(grads[1], full_weight_grad if dense_weight_grad else full_weight_grad * mask,
-                               atol=atol, rtol=0)
-    if with_bias:
-        torch.testing.assert_close(grads[2], bias.grad, atol=atol, rtol=0)
-    return grads[1]
+    blocks, structure = BSRStructure.from_mask(mask, _kernel_block(block)), CSRStructure.from_mask(mask)
+    return compare_with_masked_dense(
+        mask, leading, lambda inputs, weight, bias: bsr_linear(inputs, weight, bias, blocks, structure,
+                                                               dense_weight_grad),
+        dtype, atol, rtol=0.0, dense_weight_grad=dense_weight_grad, with_bias=with_bias)
 
 
 @pytest.mark.parametrize("block", [(4, 4), (2, 8), (8, 8)])

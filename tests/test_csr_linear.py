@@ -26,7 +26,13 @@ KINDS = ["empty", "full", "one_per_row", "empty_rows", "random"]
 SHAPES = [(7, 5), (1, 9), (9, 1), (13, 11)]
 
 
-def _compare(mask, dtype, leading, atol, dense_weight_grad=False, with_bias=True):
+def compare_with_masked_dense(mask, leading, product, dtype=torch.float64, atol=1e-12, rtol=None,
+                              dense_weight_grad=False, with_bias=True):
+    """``product(inputs, weight, bias)`` (a sparse linear kernel) against ``F.linear`` with the masked
+    weight: output, input and bias gradients, and the weight gradient (sampled at the mask, or dense
+    with ``dense_weight_grad``), on seeded random data; returns the kernel's weight gradient. Also
+    used by tests/test_bsr_linear.py. ``rtol`` defaults to ``atol``."""
+    rtol = atol if rtol is None else rtol
     generator = torch.Generator().manual_seed(1)
     rows, columns = mask.shape
     weight = (torch.randn(rows, columns, generator=generator, dtype=dtype) * mask).requires_grad_()
@@ -34,7 +40,7 @@ def _compare(mask, dtype, leading, atol, dense_weight_grad=False, with_bias=True
     inputs = torch.randn(*leading, columns, generator=generator, dtype=dtype).requires_grad_()
     grad_output = torch.randn(*leading, rows, generator=generator, dtype=dtype)
 
-    output = csr_linear(inputs, weight, bias, CSRStructure.from_mask(mask), dense_weight_grad=dense_weight_grad)
+    output = product(inputs, weight, bias)
     output.backward(grad_output)
     sparse_grads = [inputs.grad, weight.grad] + ([bias.grad] if with_bias else [])
     inputs.grad = weight.grad = None
@@ -44,14 +50,22 @@ def _compare(mask, dtype, leading, atol, dense_weight_grad=False, with_bias=True
     expected = F.linear(inputs, weight * mask, bias)
     expected.backward(grad_output)
     assert output.shape == expected.shape
-    torch.testing.assert_close(output, expected, atol=atol, rtol=atol)
-    torch.testing.assert_close(sparse_grads[0], inputs.grad, atol=atol, rtol=atol)
+    torch.testing.assert_close(output, expected, atol=atol, rtol=rtol)
+    torch.testing.assert_close(sparse_grads[0], inputs.grad, atol=atol, rtol=rtol)
     full_weight_grad = (grad_output.reshape(-1, rows).t() @ inputs.detach().reshape(-1, columns))
     torch.testing.assert_close(sparse_grads[1], full_weight_grad if dense_weight_grad else full_weight_grad * mask,
-                               atol=atol, rtol=atol)
+                               atol=atol, rtol=rtol)
     if with_bias:
-        torch.testing.assert_close(sparse_grads[2], bias.grad, atol=atol, rtol=atol)
+        torch.testing.assert_close(sparse_grads[2], bias.grad, atol=atol, rtol=rtol)
     return sparse_grads[1]
+
+
+def _compare(mask, dtype, leading, atol, dense_weight_grad=False, with_bias=True):
+    structure = CSRStructure.from_mask(mask)
+    return compare_with_masked_dense(
+        mask, leading, lambda inputs, weight, bias: csr_linear(inputs, weight, bias, structure,
+                                                               dense_weight_grad=dense_weight_grad),
+        dtype, atol, dense_weight_grad=dense_weight_grad, with_bias=with_bias)
 
 
 @pytest.mark.parametrize("kind", KINDS)

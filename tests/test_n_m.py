@@ -6,22 +6,15 @@ import gsparse
 from gsparse import RecipeError, load_recipe
 from gsparse.methods import MaskChange
 from gsparse.methods.rigl import RigL
+from tests.conftest import linear_conv_model, train_structured
 
 
-def _model(seed=0):
-    torch.manual_seed(seed)  # rows of 24, 96 x 3 = 288 and 40 weights: whole groups of 4 and of 8
-    return torch.nn.Sequential(torch.nn.Linear(24, 96), torch.nn.ReLU(), torch.nn.Conv1d(96, 40, 3), torch.nn.Flatten(),
-                               torch.nn.Linear(40, 5))
-
-
-def _forward(model, inputs):
-    return model[4](model[3](model[2](model[1](model[0](inputs)).unsqueeze(-1).expand(-1, -1, 3))))
 
 
 @pytest.mark.parametrize("method, n_m", [("rigl", [2, 4]), ("dst_ee", [2, 4]), ("dst_ee", [3, 8])])
 def test_every_group_keeps_n_active_through_every_update(method, n_m):
     n, m = n_m
-    model = _model()
+    model = linear_conv_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     sparsifier = gsparse.Sparsifier(model, optimizer, {
         "method": method, "sparsity": 1 - n / m, "distribution": "erk", "structure": "n_m", "n_m": n_m, "seed": 3,
@@ -29,15 +22,10 @@ def test_every_group_keeps_n_active_through_every_update(method, n_m):
                      "last_update_step": 24}})
     numels = [96 * 24, 40 * 96 * 3, 5 * 40]
     assert [spec.active_count for spec in sparsifier.specs] == [numel // m * n for numel in numels]  # ERK ignored
-    generator = torch.Generator().manual_seed(0)
     grown = []
-    for step in range(1, 28):
-        optimizer.zero_grad()
-        outputs = _forward(model, torch.randn(8, 24, generator=generator))
-        torch.nn.functional.cross_entropy(outputs, torch.randint(0, 5, (8,), generator=generator)).backward()
-        optimizer.step()
-        if sparsifier.last_update and sparsifier.last_update["step"] == step:
-            grown.append(sparsifier.last_update["grown"])
+    for step, grown_now in train_structured(model, optimizer, sparsifier, 27):
+        if grown_now is not None:
+            grown.append(grown_now)
         for name, mask in sparsifier.masks.items():
             assert mask.reshape(-1, m).sum(1).unique().tolist() == [n], (step, name)
             assert torch.all(dict(model.named_parameters())[name][~mask] == 0)

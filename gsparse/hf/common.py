@@ -24,8 +24,7 @@ def checked_recipe(recipe: str | Mapping[str, Any] | Recipe) -> Recipe:
 
 
 def is_deepspeed_engine(model: Any) -> bool:
-    return type(model).__name__ == "DeepSpeedEngine" or any(
-        cls.__name__ == "DeepSpeedEngine" for cls in type(model).__mro__)
+    return any(cls.__name__ == "DeepSpeedEngine" for cls in type(model).__mro__)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -3,8 +3,8 @@
 :func:`choose_execution` times one training pass (forward + backward with the sampled weight
 gradient) of the masked dense layer against :func:`~gsparse.kernels.csr_linear.csr_linear` (or,
 for a mask of whole blocks, :func:`~gsparse.kernels.bsr_linear.bsr_linear`: the kernel the layer
-will run) on random data of the layer's shape, density, block size and batch, interleaving the two and taking the median
-of the rounds. The rule is fixed: sparse only when ``dense_ms >= SPEEDUP_MARGIN * sparse_ms``
+will run) on random data of the layer's shape, density, block size and batch, interleaving the two
+and taking the median of the rounds. The rule is fixed: sparse only when ``dense_ms >= SPEEDUP_MARGIN * sparse_ms``
 (at least 10% faster), so timing noise around break-even keeps the layer dense.
 """
 from __future__ import annotations
